@@ -1,0 +1,79 @@
+"""Paged attention over the KV cache, in plain torch.
+
+Tokens of one step arrive flattened: first the decode tokens (one query per sequence), then the
+prefill chunks. Decode attention is one batched gather + SDPA; a prefill chunk attends causally to
+its own tokens and to whatever of its sequence is already in the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PrefillSpan:
+    """A prefill chunk: ``query[start:start+length]`` whose sequence then has ``context_len`` tokens.
+
+    ``context_slots`` holds the cache slots of all ``context_len`` tokens when the chunk has earlier
+    context in the cache; it is ``None`` when the chunk is the whole sequence so far.
+    """
+
+    start: int
+    length: int
+    context_len: int
+    context_slots: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    """Where each new token's KV goes and what each query attends to, shared by every layer."""
+
+    slot_mapping: torch.Tensor          # [T] cache slot of each new token
+    num_decode: int                     # the first num_decode tokens are decode queries
+    decode_slots: torch.Tensor | None   # [D, max_ctx] slots each decode query reads (padded)
+    decode_mask: torch.Tensor | None    # [D, 1, 1, max_ctx] True where the slot is real
+    prefills: tuple[PrefillSpan, ...]
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                    scale: float) -> torch.Tensor:
+    """``q: [T, H, D]``, ``k, v: [T, KVH, D]``; writes k, v into the cache; returns ``[T, H, D]``."""
+    k_cache.index_copy_(0, meta.slot_mapping, k)
+    v_cache.index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+    if meta.num_decode:
+        n = meta.num_decode
+        out[:n] = _decode(q[:n], k_cache, v_cache, meta, scale)
+    for span in meta.prefills:
+        sl = slice(span.start, span.start + span.length)
+        out[sl] = _prefill(q[sl], k[sl], v[sl], k_cache, v_cache, span, scale)
+    return out
+
+
+def _decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    # Grouped-query trick: the G query heads sharing a KV head act as G query rows against it.
+    d, h, hd = q.shape
+    kvh = k_cache.shape[1]
+    qg = q.view(d, kvh, h // kvh, hd)
+    keys = k_cache[meta.decode_slots].transpose(1, 2)      # [D, KVH, ctx, hd]
+    values = v_cache[meta.decode_slots].transpose(1, 2)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=meta.decode_mask, scale=scale)
+    return out.reshape(d, h, hd)
+
+
+def _prefill(q, k, v, k_cache, v_cache, span: PrefillSpan, scale: float) -> torch.Tensor:
+    if span.context_slots is not None:
+        k, v = k_cache[span.context_slots], v_cache[span.context_slots]
+    qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, len, hd]
+    if span.context_slots is None:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        offset = span.context_len - span.length
+        rows = torch.arange(span.length, device=q.device)[:, None] + offset
+        mask = torch.arange(span.context_len, device=q.device)[None, :] <= rows
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.transpose(0, 1)

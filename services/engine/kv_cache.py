@@ -1,0 +1,47 @@
+"""The paged KV cache tensor and the export/import of one request's KV.
+
+Layout: ``kv[layer, 0|1, slot, kv_head, head_dim]`` with ``slot = block * block_size + offset``;
+K at index 0, V at 1. A request's KV lives in the blocks of its block table, in order, so its first
+``n`` tokens are ``slots_for(block_table, range(n))``. Export gathers those slots into one
+contiguous ``[layers, 2, n, kv_heads, head_dim]`` tensor; import scatters such a tensor into freshly
+allocated blocks of another cache with the same model shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+
+
+def kv_bytes_per_token(model: ModelConfig, dtype: torch.dtype) -> int:
+    return model.num_layers * 2 * model.kv_size * torch.tensor([], dtype=dtype).element_size()
+
+
+class KVCache:
+    def __init__(self, model: ModelConfig, num_blocks: int, block_size: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.kv = torch.zeros(model.num_layers, 2, num_blocks * block_size, model.num_kv_heads,
+                              model.head_dim, dtype=dtype, device=device)
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv[index, 0], self.kv[index, 1]
+
+    def slots_for(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
+        pos = torch.arange(start, end)
+        table = torch.tensor(block_table, dtype=torch.long)
+        return (table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.kv.device)
+
+    def export(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
+        """A contiguous copy of the first ``num_tokens`` tokens' KV: ``[L, 2, n, kv_heads, head_dim]``."""
+        return self.kv[:, :, self.slots_for(block_table, 0, num_tokens)].contiguous()
+
+    def import_(self, block_table: list[int], kv: torch.Tensor) -> None:
+        """Write an exported KV tensor into the blocks of ``block_table`` (already allocated)."""
+        expected = (self.kv.shape[0], 2, kv.shape[2], *self.kv.shape[3:])
+        if tuple(kv.shape) != expected or kv.dtype != self.kv.dtype:
+            raise ValueError(f"KV shape/dtype {tuple(kv.shape)}/{kv.dtype} does not match cache "
+                             f"{expected}/{self.kv.dtype}")
+        self.kv[:, :, self.slots_for(block_table, 0, kv.shape[2])] = kv.to(self.kv.device)
