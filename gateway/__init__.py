@@ -1,0 +1,1 @@
+"""The stateless HTTP gateway: OpenAI-compatible endpoints in front of prefill and decode workers."""
