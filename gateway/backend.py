@@ -8,7 +8,8 @@ Contract of ``Backend.generate``: an async iterator of ``TokenChunk``; every chu
 carries exactly one token; the last has ``finished=True`` (it may also carry the last token).
 Closing the iterator early (``aclose()``, or the task being cancelled) aborts the request and frees
 its KV everywhere. Request errors found before any token raise ``InvalidRequestError`` from the
-first ``__anext__``; failures after that end the stream with ``finish_reason="error"``.
+first ``__anext__``, and having no worker for it raises ``BackendUnavailable``; failures after the
+first token end the stream with ``finish_reason="error"``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class TokenChunk:
     prompt_tokens: int = 0             # final chunk only
     completion_tokens: int = 0         # final chunk only; counts the prefill worker's first token
     transfer: TransferInfo | None = None
+
+
+class BackendUnavailable(Exception):
+    """No worker could take the request (none live, or the chosen one failed before any token).
+
+    The HTTP layer answers 503 with an OpenAI-style error body.
+    """
 
 
 class Backend(Protocol):

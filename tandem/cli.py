@@ -1,6 +1,8 @@
-"""The ``tandem`` command line: ``tandem generate`` runs the engine in-process.
+"""The ``tandem`` command line.
 
-``tandem up``, ``gateway``, ``prefill``, ``decode`` and ``bench`` arrive with the serving issues.
+- ``tandem up``: Redis + one prefill worker + one decode worker + the gateway (the embedded default)
+- ``tandem gateway`` / ``tandem prefill`` / ``tandem decode``: one component each
+- ``tandem generate``: run the engine in-process on one prompt
 """
 
 from __future__ import annotations
@@ -27,9 +29,34 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--system", default=None, help="system message")
     _add_engine_args(gen)
+
+    up = sub.add_parser("up", help="run Redis, a prefill and a decode worker, and the gateway")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--no-pin", action="store_true", help="do not pin each worker to its own core")
+    _add_engine_args(up)
+
+    gw = sub.add_parser("gateway", help="run the HTTP gateway against the worker registry")
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=8000)
+    gw.add_argument("--model", default=Settings.from_env().model)
+
+    for role in ("prefill", "decode"):
+        w = sub.add_parser(role, help=f"run a {role} worker (gRPC)")
+        w.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        w.add_argument("--port", type=int, default=0, help="gRPC port (0 = any free port)")
+        w.add_argument("--advertise-host", default="", help="address others dial (default: --host)")
+        w.add_argument("--worker-id", default="")
+        w.add_argument("--kv-timeout", type=float, default=30.0, help="seconds for KV pairing and transfers")
+        w.add_argument("--max-num-seqs", type=int, default=64)
+        if role == "decode":
+            w.add_argument("--kv-port", type=int, default=0, help="torch.distributed store port (0 = any)")
+        _add_engine_args(w)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return generate(args)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{args.command}] %(name)s: %(message)s")
+    return {"generate": generate, "up": up_command, "gateway": gateway_command,
+            "prefill": worker_command, "decode": worker_command}[args.command](args)
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -44,7 +71,48 @@ def engine_config(args: argparse.Namespace):
 
     s = Settings.from_env()
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
-                        kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)), num_threads=s.num_threads)
+                        kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)), num_threads=s.num_threads,
+                        max_num_seqs=getattr(args, "max_num_seqs", 64))
+
+
+def up_command(args: argparse.Namespace) -> int:
+    from tandem.up import UpConfig, run
+
+    s = Settings.from_env()
+    return run(UpConfig(host=args.host, port=args.port, model=args.model, dtype=args.dtype,
+                        redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin))
+
+
+def gateway_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.main import build_app
+
+    s = Settings.from_env()
+    if not s.redis_url:
+        print("error: tandem gateway needs TANDEM_REDIS_URL (tandem up starts one for you)", file=sys.stderr)
+        return 2
+    uvicorn.run(build_app(redis_url=s.redis_url, model=args.model), host=args.host, port=args.port,
+                log_level="warning")
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from services.worker import WorkerConfig
+
+    s = Settings.from_env()
+    config = WorkerConfig(role=args.command, engine=engine_config(args), host=args.host, port=args.port,
+                          advertise_host=args.advertise_host, redis_url=s.redis_url,
+                          worker_id=args.worker_id, kv_timeout_s=args.kv_timeout, test_hooks=s.test_hooks)
+    if args.command == "prefill":
+        from services.prefill.main import serve
+
+        serve(config, s.cache_dir)
+    else:
+        from services.decode.main import serve
+
+        serve(config, s.cache_dir, kv_port=args.kv_port)
+    return 0
 
 
 def generate(args: argparse.Namespace) -> int:

@@ -8,6 +8,10 @@
 | TANDEM_DEVICE         | cpu / cuda / cuda:N                             | cpu                |
 | TANDEM_KV_CACHE_GB    | paged KV cache size in GiB                      | 2                  |
 | TANDEM_NUM_THREADS    | torch intra-op threads (0 = torch's default)    | 0                  |
+| TANDEM_REDIS_URL      | Redis for the registry and state; unset: `tandem up` starts one | (embedded) |
+| TANDEM_DATA_DIR       | where `tandem up` keeps its Redis data (AOF)    | ./.tandem          |
+| TANDEM_FULL_TEXT      | server default for `fullTextEnabled` (1/0)      | 0                  |
+| TANDEM_TEST_HOOKS     | honour test-only request hooks (1/0)            | 0                  |
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ class Settings:
     device: str
     kv_cache_gb: float
     num_threads: int
+    redis_url: str
+    data_dir: Path
+    full_text_default: bool
+    test_hooks: bool
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -36,4 +44,12 @@ class Settings:
             device=env.get("TANDEM_DEVICE", "cpu"),
             kv_cache_gb=float(env.get("TANDEM_KV_CACHE_GB", "2")),
             num_threads=int(env.get("TANDEM_NUM_THREADS", "0")),
+            redis_url=env.get("TANDEM_REDIS_URL", ""),
+            data_dir=Path(env.get("TANDEM_DATA_DIR") or ".tandem"),
+            full_text_default=_flag(env.get("TANDEM_FULL_TEXT", "0")),
+            test_hooks=_flag(env.get("TANDEM_TEST_HOOKS", "0")),
         )
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")

@@ -69,22 +69,34 @@ class LLMEngine:
 
     # -- requests -------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> Sequence:
-        """Validate and queue a request; raise ``InvalidRequestError`` naming the bad field."""
+                    prefill_only: bool = False) -> Sequence:
+        """Validate and queue a request; raise ``InvalidRequestError`` naming the bad field.
+
+        ``prefill_only`` (prefill workers): after its first token the request is not decoded
+        here; its KV stays in its blocks until ``export_held`` + ``release`` or ``abort``.
+        """
+        with self._lock:
+            seq = self._new_sequence(request_id, prompt_token_ids, params)
+            seq.prefill_only = prefill_only
+            self.scheduler.add(seq)
+        return seq
+
+    def _new_sequence(self, request_id: str, prompt: list[int], params: SamplingParams) -> Sequence:
         params.validate()
-        max_tokens = self._check_lengths(prompt_token_ids, params)
-        seq = Sequence(request_id, list(prompt_token_ids), params, max_tokens)
-        if arrival_time is not None:
-            seq.arrival_time = arrival_time
+        max_tokens = self._check_lengths(prompt, params)
+        if request_id in self._live:
+            raise InvalidRequestError("request_id", f"request {request_id!r} is already running")
+        seq = Sequence(request_id, list(prompt), params, max_tokens)
         if params.seed is not None:
             seq.seed = params.seed
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
-        with self._lock:
-            if request_id in self._live:
-                raise InvalidRequestError("request_id", f"request {request_id!r} is already running")
-            self._live[request_id] = _Live(seq, Detokenizer(self.tokenizer, params.stop), frozenset(stop_ids))
-            self.scheduler.add(seq)
+        self._live[request_id] = _Live(seq, Detokenizer(self.tokenizer, params.stop), frozenset(stop_ids))
         return seq
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ``InvalidRequestError`` if ``add_request`` would refuse this request."""
+        params.validate()
+        self._check_lengths(prompt_token_ids, params)
 
     def _check_lengths(self, prompt: list[int], params: SamplingParams) -> int:
         n = len(prompt)
@@ -107,7 +119,7 @@ class LLMEngine:
         return max_tokens
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request and free its KV blocks; False if it is not running here."""
+        """Stop a request (queued, running or held) and free its KV blocks; False if unknown here."""
         with self._lock:
             live = self._live.pop(request_id, None)
             if live is None:
@@ -143,15 +155,78 @@ class LLMEngine:
             reason = "stop"
         elif len(seq.output_token_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
+        held = reason is None and seq.prefill_only
         if reason:
             text += live.detok.flush()
             self.scheduler.finish(seq, reason)
             del self._live[seq.request_id]
+        elif held:
+            self.scheduler.hold(seq)
         return RequestOutput(
-            request_id=seq.request_id, new_token_ids=[token], text=text, finished=reason is not None,
+            request_id=seq.request_id, new_token_ids=[token], text=text, finished=reason is not None or held,
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=len(seq.output_token_ids), prefill_time=seq.prefill_time,
-            decode_time_arr=list(seq.decode_times) if reason else [], token_time=now)
+            decode_time_arr=list(seq.decode_times) if reason else [], token_time=now, kv_held=held)
+
+    # -- disaggregation: the prefill side -------------------------------------------------------
+    def export_held(self, request_id: str) -> torch.Tensor:
+        """The prompt KV of a held request, ``[layers, 2, prompt_tokens, kv_heads, head_dim]``."""
+        with self._lock:
+            seq = self._held(request_id)
+            return self.cache.export(seq.block_table, seq.num_prompt_tokens)
+
+    def expire_held(self, max_age: float) -> list[str]:
+        """Free the KV of requests held longer than ``max_age`` seconds (never pulled)."""
+        now = time.perf_counter()
+        with self._lock:
+            old = [rid for rid, live in self._live.items() if live.seq.status is SequenceStatus.HELD
+                   and live.seq.prefill_only and now - live.seq.last_token_time > max_age]
+            for rid in old:
+                self.abort(rid)
+            return old
+
+    def _held(self, request_id: str) -> Sequence:
+        live = self._live.get(request_id)
+        if live is None or live.seq.status is not SequenceStatus.HELD:
+            raise KeyError(f"request {request_id!r} holds no KV here")
+        return live.seq
+
+    # -- disaggregation: the decode side --------------------------------------------------------
+    def adopt(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+              first_token: int) -> RequestOutput:
+        """Take over a request prefilled elsewhere: record its first token, hold it for its KV.
+
+        The request owns no blocks until ``reserve_kv`` and is not scheduled until ``import_kv``.
+        """
+        with self._lock:
+            seq = self._new_sequence(request_id, prompt_token_ids, params)
+            seq.status = SequenceStatus.HELD
+            out = self._postprocess(seq, first_token, time.perf_counter())
+            return out
+
+    def reserve_kv(self, request_id: str) -> bool:
+        """Allocate blocks for an adopted request's prompt and first token, if they are free now."""
+        with self._lock:
+            seq = self._held(request_id)
+            if not self.blocks.can_grow(seq.block_table, seq.num_tokens):
+                return False
+            self.blocks.grow(seq.block_table, seq.num_tokens)
+            return True
+
+    def import_kv(self, request_id: str, kv: torch.Tensor) -> None:
+        """Write a verified prompt KV into the reserved blocks and queue the request for decoding."""
+        with self._lock:
+            seq = self._held(request_id)
+            if kv.shape[2] != seq.num_prompt_tokens:
+                raise ValueError(f"KV covers {kv.shape[2]} tokens, prompt has {seq.num_prompt_tokens}")
+            self.cache.import_(seq.block_table, kv)
+            seq.num_computed_tokens = seq.num_prompt_tokens
+            seq.status = SequenceStatus.WAITING
+            self.scheduler.add(seq)
+
+    def kv_shape(self, num_tokens: int) -> tuple[int, ...]:
+        mc = self.model_config
+        return (mc.num_layers, 2, num_tokens, mc.num_kv_heads, mc.head_dim)
 
     # -- convenience ----------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]

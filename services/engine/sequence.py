@@ -56,8 +56,10 @@ class SamplingParams:
 
 
 class SequenceStatus(enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
+    WAITING = "waiting"      # queued for the scheduler
+    RUNNING = "running"      # scheduled every step
+    HELD = "held"            # owns KV blocks but is not scheduled: prefill KV awaiting handoff,
+                             # or a decode-side request whose KV has not arrived yet
     FINISHED = "finished"
 
 
@@ -80,6 +82,7 @@ class Sequence:
     last_token_time: float | None = None
     decode_times: list[float] = field(default_factory=list)
     num_preemptions: int = 0
+    prefill_only: bool = False   # prefill worker: hold the KV after the first token instead of decoding
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -134,3 +137,4 @@ class RequestOutput:
     prefill_time: float | None
     decode_time_arr: list[float]
     token_time: float
+    kv_held: bool = False   # prefill-only request: first token made, KV held for handoff

@@ -1,0 +1,161 @@
+"""The Chat Completions request as the gateway accepts it.
+
+Rule: every field here is honoured. OpenAI fields Tandem does not implement are listed in
+``NOT_SUPPORTED`` with the values that ask for nothing (``n=1``, ``logprobs=false``, ...); those
+values are accepted, any other value is a 400 naming the field. Any other unknown field is a 400
+naming it too. Types are strict (``"0.5"`` is not a number, ``1`` is not a boolean).
+
+Ranges follow OpenAI and the worker contract (protos/tandem/v1/worker.proto: ``max_tokens`` and
+``top_k`` are uint32, ``seed`` is int64).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+UINT32_MAX = 2**32 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_STOP_SEQUENCES = 4
+
+# OpenAI request fields that are not implemented → the values that mean "not used". null is
+# always accepted as "not used".
+NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "parallel_tool_calls": (),
+    "functions": ([],),
+    "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+    "logprobs": (False,),
+    "top_logprobs": (),
+    "logit_bias": ({},),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "audio": (),
+    "modalities": (["text"],),
+    "prediction": (),
+    "reasoning_effort": (),
+    "verbosity": (),
+    "service_tier": (),
+    "store": (False,),
+    "metadata": (),
+    "web_search_options": (),
+    "prompt_cache_key": (),
+    "prompt_cache_retention": (),
+    "safety_identifier": (),
+}
+
+TEXT_ONLY_PART_TYPES = ("image_url", "input_audio", "file")
+
+
+def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
+    return value is None or any(type(value) is type(n) and value == n for n in neutral)
+
+
+def _join_text_parts(content: Any) -> Any:
+    """Content given as a list of ``{"type": "text", "text": ...}`` parts → one string."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in TEXT_ONLY_PART_TYPES:
+            raise PydanticCustomError(
+                "unsupported_content", "This model is text-only: content part {index} has type "
+                "'{kind}'; only 'text' parts are supported.", {"index": i, "kind": kind})
+        if kind != "text" or set(part) != {"type", "text"} or not isinstance(part["text"], str):
+            raise PydanticCustomError(
+                "invalid_value", "Content part {index} must be a text part: exactly 'type': 'text' "
+                "and a string 'text'.", {"index": i})
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+StopString = Annotated[str, Field(min_length=1)]
+
+
+class Message(BaseModel):
+    """One chat message. ``developer`` is OpenAI's newer name for ``system`` and is treated as it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, BeforeValidator(_join_text_parts)]
+
+    def for_template(self) -> dict[str, str]:
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. Extra fields are collected only to be checked and refused."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    stop: Annotated[list[StopString] | None, BeforeValidator(_one_or_more),
+                    Field(max_length=MAX_STOP_SEQUENCES)] = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    full_text_enabled: bool | None = Field(None, alias="fullTextEnabled")
+    user: str | None = None             # an opaque end-user tag: logged with the request
+    # Tandem extensions
+    top_k: int | None = Field(None, ge=0, le=UINT32_MAX)   # 0 disables top-k
+    ignore_eos: bool | None = None
+
+    @model_validator(mode="after")
+    def _refuse_other_fields(self) -> "ChatCompletionRequest":
+        for name, value in (self.model_extra or {}).items():
+            if name not in NOT_SUPPORTED:
+                raise PydanticCustomError("unknown_parameter",
+                                          "Unrecognized request argument supplied: {param}",
+                                          {"param": name})
+            if not _is_neutral(value, NOT_SUPPORTED[name]):
+                raise PydanticCustomError("unsupported_parameter",
+                                          "'{param}' is not supported by this server{hint}.",
+                                          {"param": name, "hint": _hint(name)})
+        return self
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "ChatCompletionRequest":
+        if self.stream_options is not None and not self.stream:
+            raise PydanticCustomError("invalid_value", "'{param}' is only allowed when 'stream' is true.",
+                                      {"param": "stream_options"})
+        if None not in (self.max_tokens, self.max_completion_tokens) and \
+                self.max_tokens != self.max_completion_tokens:
+            raise PydanticCustomError("invalid_value", "Give 'max_tokens' or '{param}', not both "
+                                      "with different values.", {"param": "max_completion_tokens"})
+        return self
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _hint(name: str) -> str:
+    neutral = NOT_SUPPORTED[name]
+    return f" (only {json.dumps(neutral[0])} or null)" if neutral else ""

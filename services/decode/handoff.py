@@ -1,0 +1,135 @@
+"""The decode worker's side of the KV handoff: pair on demand, then pull a request's KV.
+
+Per prefill worker there is one ``KvChannel`` (rank 1 here, rank 0 there), made on first use:
+this worker hosts the TCPStore, asks the prefill worker to ``Pair`` and joins concurrently. A pull
+holds that channel's lock for the whole transfer, so transfers on one pair never interleave (NCCL
+needs that order; gloo is happy either way):
+
+    decode (this)                         prefill
+      | post recv(header, payload) ......>|
+      |---- SendKv(request_id) --gRPC---->| export held KV, free its blocks
+      |<===== header + payload (t.d.) ====| send
+      | verify header + checksum          |
+      |<--- SendKvReply ------------------|
+
+A channel whose transfer timed out or whose peer failed is dropped and re-paired next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from protos.tandem.v1 import worker_pb2 as pb
+from protos.tandem.v1 import worker_pb2_grpc as rpc
+from services.engine.config import DTYPES
+from services.transfer import KvChannel, KvStoreServer, KvTransferError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pulled:
+    kv: torch.Tensor
+    nbytes: int
+    seconds: float
+    backend: str
+
+
+class KvPuller:
+    def __init__(self, worker_id: str, store: KvStoreServer, device: torch.device, timeout_s: float):
+        self.worker_id = worker_id
+        self.store = store
+        self.device = device
+        self.timeout_s = timeout_s
+        self._channels: dict[str, KvChannel] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._stubs: dict[str, rpc.PrefillServiceStub] = {}
+        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="kv-recv")
+
+    def stub(self, address: str) -> rpc.PrefillServiceStub:
+        with self._guard:
+            if address not in self._stubs:
+                channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                self._stubs[address] = rpc.PrefillServiceStub(channel)
+            return self._stubs[address]
+
+    def pull(self, address: str, request_id: str, kv: pb.KvDescriptor) -> Pulled:
+        """Receive and verify ``request_id``'s KV from the prefill worker at ``address``."""
+        shape = (kv.num_layers, 2, kv.num_tokens, kv.num_kv_heads, kv.head_dim)
+        dtype = DTYPES.get(kv.dtype)
+        if dtype is None:
+            raise KvTransferError(f"unknown KV dtype {kv.dtype!r}")
+        with self._lock_for(address):
+            channel = self._channel(address)
+            start = time.perf_counter()
+            receiving = self._pool.submit(channel.recv, request_id, shape, dtype)
+            try:
+                self.stub(address).SendKv(pb.SendKvRequest(request_id=request_id, decode_worker_id=self.worker_id),
+                                          timeout=self.timeout_s)
+            except grpc.RpcError as e:
+                self._settle(address, channel, receiving)
+                raise KvTransferError(f"prefill worker did not send: {e.details()}") from e
+            try:
+                tensor = receiving.result(timeout=self.timeout_s + 1)
+            except futures.TimeoutError as e:
+                self._drop(address, channel)
+                raise KvTransferError(f"KV of {request_id} did not arrive within {self.timeout_s}s") from e
+            except KvTransferError:
+                if channel.broken:
+                    self._drop(address, channel)
+                raise
+            nbytes = tensor.numel() * tensor.element_size()
+            return Pulled(tensor, nbytes, time.perf_counter() - start, channel.backend)
+
+    def _settle(self, address: str, channel: KvChannel, receiving: futures.Future) -> None:
+        """After a failed SendKv: keep the pair only if the peer answered our recv with a refusal."""
+        try:
+            receiving.result(timeout=2.0)
+        except KvTransferError:
+            pass
+        except futures.TimeoutError:
+            pass
+        if not receiving.done() or channel.broken:
+            self._drop(address, channel)   # our posted recv can no longer be matched reliably
+
+    def _lock_for(self, address: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(address, threading.Lock())
+
+    def _channel(self, address: str) -> KvChannel:
+        channel = self._channels.get(address)
+        if channel is not None and not channel.broken:
+            return channel
+        key = f"pair/{self.worker_id}/{uuid.uuid4().hex[:8]}"
+        joining = self._pool.submit(KvChannel.connect, self.store.host, self.store.port, key, rank=1,
+                                    device=self.device, timeout_s=self.timeout_s)
+        try:
+            self.stub(address).Pair(pb.PairRequest(
+                decode_worker_id=self.worker_id, store_host=self.store.host, store_port=self.store.port,
+                pair_key=key, timeout_seconds=self.timeout_s), timeout=self.timeout_s + 5)
+            channel = joining.result(timeout=self.timeout_s + 5)
+        except (grpc.RpcError, futures.TimeoutError) as e:
+            detail = e.details() if isinstance(e, grpc.RpcError) else "timed out"
+            raise KvTransferError(f"could not pair with prefill worker {address}: {detail}") from e
+        self._channels[address] = channel
+        log.info("paired with prefill worker %s (%s)", address, channel.backend)
+        return channel
+
+    def _drop(self, address: str, channel: KvChannel) -> None:
+        if self._channels.get(address) is channel:
+            del self._channels[address]
+        channel.close()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,156 @@
+"""The decode worker: runs a request's prefill elsewhere, pulls its KV, and decodes it here.
+
+A request's life here (``Generate``, one gRPC stream per request):
+1. validate against this engine's limits (INVALID_ARGUMENT naming the field);
+2. ``Prefill`` on the prefill worker the gateway chose → the first token, streamed at once;
+3. reserve KV blocks for the prompt (waits while the cache is full), pull the KV over the pair
+   and verify it (``KvPuller``); a failed or corrupt transfer ends the request with an error —
+   this worker never decodes from KV it could not verify;
+4. the engine loop decodes it with everything else (continuous batching); each token is streamed;
+5. the final event carries usage, timings and transfer stats.
+Cancelling the stream aborts the request here and on the prefill worker, freeing KV on both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import random
+import threading
+import time
+
+import grpc
+
+from protos.tandem.v1 import worker_pb2 as pb
+from protos.tandem.v1 import worker_pb2_grpc as rpc
+from services import wire
+from services.decode.handoff import KvPuller
+from services.engine import InvalidRequestError
+from services.engine.loop import EngineLoop
+from services.transfer import KvTransferError
+from services.worker import WorkerConfig, abort_invalid, worker_status
+
+log = logging.getLogger(__name__)
+
+
+class RequestFailed(Exception):
+    """A failure after the stream started; becomes a final FINISH_REASON_ERROR event."""
+
+
+class DecodeServicer(rpc.DecodeServiceServicer):
+    def __init__(self, loop: EngineLoop, config: WorkerConfig, puller: KvPuller):
+        self.loop = loop
+        self.engine = loop.engine
+        self.config = config
+        self.puller = puller
+
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
+        rid, start = request.request_id, time.perf_counter()
+        params = wire.sampling_from_proto(request.sampling)
+        if params.seed is None:  # both workers must draw from the same seed
+            params = dataclasses.replace(params, seed=random.getrandbits(62))
+        prompt = list(request.prompt_token_ids)
+        try:
+            self.engine.validate(prompt, params)
+        except InvalidRequestError as e:
+            abort_invalid(context, e)
+        prefill = self.puller.stub(request.prefill_address)
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        outputs = self.loop.subscribe(rid)
+        clean = False
+        try:
+            clean = yield from self._run(request, prompt, params, prefill, outputs, cancelled, start, context)
+        finally:
+            self.loop.unsubscribe(rid)
+            self.engine.abort(rid)   # no-op when it finished; frees its blocks otherwise
+            if not clean:
+                self._abort_prefill(prefill, rid)
+
+    def _run(self, request, prompt, params, prefill, outputs, cancelled, start, context):
+        """Yield the request's events; return True when it ended cleanly (nothing left to abort)."""
+        rid = request.request_id
+        reply = self._prefill(request, params, prefill, context)
+        if reply.finished:
+            yield self._final_from_prefill(reply, len(prompt), time.perf_counter() - start)
+            return True
+        first = self.engine.adopt(rid, prompt, params, reply.first_token_id)
+        stats = pb.TransferStats(prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
+                                 prefill_pid=reply.pid, decode_pid=os.getpid())
+        if first.finished:  # cannot happen while both workers run the same checks; stay correct anyway
+            yield self._final(first, reply, stats, start)
+            return False    # the prefill worker still holds the KV: let the caller abort it
+        yield wire.token_event(first, time.perf_counter() - start)
+        try:
+            self._reserve(rid, cancelled)
+            pulled = self.puller.pull(request.prefill_address, rid, reply.kv)
+            self.engine.import_kv(rid, pulled.kv)
+        except (KvTransferError, RequestFailed, ValueError) as e:
+            log.warning("request %s failed in KV handoff: %s", rid, e)
+            yield pb.TokenEvent(finished=True, finish_reason=pb.FINISH_REASON_ERROR,
+                                error=f"KV handoff failed: {e}", transfer=stats)
+            return False
+        stats.kv_bytes, stats.kv_transfer_seconds, stats.backend = pulled.nbytes, pulled.seconds, pulled.backend
+        self.loop.wake()
+        while not cancelled.is_set():
+            try:
+                out = outputs.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if out.finished:
+                yield self._final(out, reply, stats, start)
+                return True
+            yield wire.token_event(out, time.perf_counter() - start)
+        return False
+
+    @staticmethod
+    def _final(out, reply: pb.PrefillReply, stats: pb.TransferStats, start: float) -> pb.TokenEvent:
+        event = wire.token_event(out, time.perf_counter() - start)
+        event.prompt_tokens, event.completion_tokens = out.prompt_tokens, out.completion_tokens
+        event.prefill_time = reply.prefill_time
+        event.decode_time_arr.extend(out.decode_time_arr)
+        event.transfer.CopyFrom(stats)
+        return event
+
+    def _prefill(self, request, params, prefill, context) -> pb.PrefillReply:
+        try:
+            return prefill.Prefill(pb.PrefillRequest(
+                request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+                sampling=wire.sampling_to_proto(params), decode_worker_id=self.config.worker_id,
+                test_corrupt_kv=request.test_corrupt_kv), timeout=self.config.request_timeout_s)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
+                abort_invalid(context, InvalidRequestError(field, e.details()))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {request.prefill_address} failed: "
+                                                       f"{e.code().name}: {e.details()}")
+
+    def _reserve(self, rid: str, cancelled: threading.Event) -> None:
+        """Wait until the prompt's blocks are allocated here (the KV stays on the prefill side)."""
+        deadline = time.monotonic() + self.config.request_timeout_s
+        while not self.engine.reserve_kv(rid):
+            if cancelled.is_set() or time.monotonic() > deadline:
+                raise RequestFailed("no KV blocks became free on the decode worker in time")
+            time.sleep(0.01)
+
+    def _final_from_prefill(self, reply: pb.PrefillReply, prompt_tokens: int, elapsed: float) -> pb.TokenEvent:
+        return pb.TokenEvent(token_ids=[reply.first_token_id], text=reply.text, worker_time=elapsed, finished=True,
+                             finish_reason=reply.finish_reason, prompt_tokens=prompt_tokens, completion_tokens=1,
+                             prefill_time=reply.prefill_time, transfer=pb.TransferStats(
+                                 prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
+                                 prefill_pid=reply.pid, decode_pid=os.getpid()))
+
+    @staticmethod
+    def _abort_prefill(prefill: rpc.PrefillServiceStub, rid: str) -> None:
+        try:
+            prefill.Abort(pb.AbortRequest(request_id=rid), timeout=5)
+        except grpc.RpcError as e:
+            log.warning("could not abort %s on the prefill worker: %s", rid, e.details())
+
+    def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
+        return pb.AbortReply(found=self.engine.abort(request.request_id))
+
+    def Status(self, request, context) -> pb.WorkerStatus:
+        return worker_status(self.engine, self.config)

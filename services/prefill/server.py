@@ -1,0 +1,131 @@
+"""The prefill worker: computes a request's first token and hands its KV to a decode worker.
+
+A request's life here:
+1. ``Prefill`` (from a decode worker) queues the prompt with ``prefill_only``; the engine batches it
+   with other prompts, samples the first token, and holds the prompt's KV blocks.
+2. ``SendKv`` exports the held KV, sends header + payload over the torch.distributed pair of the
+   asking decode worker, and frees the blocks — sent or not, the KV leaves this worker then.
+3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once.
+Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode worker's TCPStore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+import grpc
+
+from protos.tandem.v1 import worker_pb2 as pb
+from protos.tandem.v1 import worker_pb2_grpc as rpc
+from services import wire
+from services.engine import InvalidRequestError
+from services.engine.loop import EngineLoop
+from services.transfer import KvChannel, KvTransferError
+from services.worker import WorkerConfig, abort_invalid, worker_status
+
+log = logging.getLogger(__name__)
+
+
+class PrefillServicer(rpc.PrefillServiceServicer):
+    def __init__(self, loop: EngineLoop, config: WorkerConfig):
+        self.loop = loop
+        self.engine = loop.engine
+        self.config = config
+        self.channels: dict[str, KvChannel] = {}
+        self._corrupt: set[str] = set()
+        self._lock = threading.Lock()
+
+    def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
+        rid = request.request_id
+        outputs = self.loop.subscribe(rid)
+        try:
+            self.engine.add_request(rid, list(request.prompt_token_ids),
+                                    wire.sampling_from_proto(request.sampling), prefill_only=True)
+        except InvalidRequestError as e:
+            self.loop.unsubscribe(rid)
+            abort_invalid(context, e)
+        if request.test_corrupt_kv and self.config.test_hooks:
+            self._corrupt.add(rid)
+        replied = threading.Event()
+        context.add_callback(lambda: None if replied.is_set() else self.engine.abort(rid))
+        self.loop.wake()
+        try:
+            out = outputs.get(timeout=self.config.request_timeout_s)
+        except queue.Empty:
+            self.engine.abort(rid)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill of {rid} timed out")
+        finally:
+            self.loop.unsubscribe(rid)
+        replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
+        reply = pb.PrefillReply(first_token_id=out.new_token_ids[0], text=out.text,
+                                finished=not out.kv_held, finish_reason=wire.FINISH_REASONS[out.finish_reason],
+                                prefill_time=out.prefill_time, prefill_worker_id=self.config.worker_id,
+                                pid=os.getpid())
+        if out.kv_held:
+            shape = self.engine.kv_shape(out.prompt_tokens)
+            dtype = self.engine.config.torch_dtype
+            reply.kv.CopyFrom(pb.KvDescriptor(
+                num_layers=shape[0], num_tokens=shape[2], num_kv_heads=shape[3], head_dim=shape[4],
+                dtype=str(dtype).removeprefix("torch."),
+                nbytes=self.engine.cache.kv.element_size() * shape[0] * 2 * shape[2] * shape[3] * shape[4]))
+        return reply
+
+    def Pair(self, request: pb.PairRequest, context: grpc.ServicerContext) -> pb.PairReply:
+        try:
+            channel = KvChannel.connect(request.store_host, request.store_port, request.pair_key, rank=0,
+                                        device=self.engine.device, timeout_s=request.timeout_seconds)
+        except KvTransferError as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"pairing failed: {e}")
+        with self._lock:
+            old = self.channels.pop(request.decode_worker_id, None)
+            self.channels[request.decode_worker_id] = channel
+        if old is not None:
+            old.close()
+        log.info("paired with decode worker %s (%s)", request.decode_worker_id, channel.backend)
+        return pb.PairReply(prefill_worker_id=self.config.worker_id, backend=channel.backend)
+
+    def SendKv(self, request: pb.SendKvRequest, context: grpc.ServicerContext) -> pb.SendKvReply:
+        rid = request.request_id
+        with self._lock:
+            channel = self.channels.get(request.decode_worker_id)
+        if channel is None or channel.broken:
+            self.engine.abort(rid)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not paired with {request.decode_worker_id}")
+        try:
+            kv = self.engine.export_held(rid)
+        except KeyError as e:
+            try:
+                channel.refuse(rid, str(e))   # answers the peer's posted recv; the pair stays usable
+            except KvTransferError:
+                pass                          # the channel is broken now; the peer re-pairs
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        finally:
+            self.engine.abort(rid)   # the KV leaves this worker now, whatever happens next
+        start = time.perf_counter()
+        try:
+            nbytes = channel.send(rid, kv, corrupt=rid in self._corrupt)
+        except KvTransferError as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"KV send failed: {e}")
+        finally:
+            self._corrupt.discard(rid)
+        return pb.SendKvReply(nbytes=nbytes, send_seconds=time.perf_counter() - start)
+
+    def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
+        self._corrupt.discard(request.request_id)
+        return pb.AbortReply(found=self.engine.abort(request.request_id))
+
+    def Status(self, request, context) -> pb.WorkerStatus:
+        return worker_status(self.engine, self.config)
+
+    def housekeeping(self) -> None:
+        for rid in self.engine.expire_held(self.config.held_kv_ttl_s):
+            log.warning("freed the KV of %s: no decode worker pulled it within %.0fs", rid,
+                        self.config.held_kv_ttl_s)
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()

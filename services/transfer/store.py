@@ -1,0 +1,39 @@
+"""The decode worker's TCPStore: the rendezvous point of every pair it makes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch.distributed as dist
+
+
+class KvStoreServer:
+    """Owns the TCPStore master of one decode worker; pairs rendezvous under their own key prefix.
+
+    ``host`` is the address peers dial (the store itself listens on every interface); ``port`` is
+    the bound port, so ``port=0`` picks a free one. The store outlives every channel made through it:
+    close it only after the channels. It holds no KV, only rendezvous keys.
+    """
+
+    def __init__(self, host: str, port: int = 0, timeout_s: float = 30.0):
+        self.host = host
+        self._store: dist.TCPStore | None = dist.TCPStore(
+            host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
+        self.port: int = self._store.port
+
+    @property
+    def store(self) -> dist.TCPStore:
+        """The master's own client. Calls on one store object are serialized, and a pairing blocks in
+        ``wait`` on it, so channels should open their own client (``KvChannel.connect`` does)."""
+        if self._store is None:
+            raise RuntimeError("the KV store server is closed")
+        return self._store
+
+    def close(self) -> None:
+        self._store = None   # dropping the last reference stops the server
+
+    def __enter__(self) -> "KvStoreServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,39 @@
+"""Conversions between protobuf messages (protos/tandem/v1) and the engine's dataclasses."""
+
+from __future__ import annotations
+
+from protos.tandem.v1 import worker_pb2 as pb
+from services.engine import RequestOutput, SamplingParams
+
+FINISH_REASONS = {None: pb.FINISH_REASON_UNSPECIFIED, "stop": pb.FINISH_REASON_STOP,
+                  "length": pb.FINISH_REASON_LENGTH, "abort": pb.FINISH_REASON_ABORT,
+                  "error": pb.FINISH_REASON_ERROR}
+FINISH_NAMES = {v: k for k, v in FINISH_REASONS.items()}
+
+# gRPC trailing-metadata key naming the request field an INVALID_ARGUMENT is about.
+PARAM_KEY = "tandem-param"
+
+
+def sampling_to_proto(p: SamplingParams) -> pb.SamplingParams:
+    msg = pb.SamplingParams(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, stop=list(p.stop),
+                            stop_token_ids=list(p.stop_token_ids), ignore_eos=p.ignore_eos)
+    if p.max_tokens is not None:
+        msg.max_tokens = p.max_tokens
+    if p.seed is not None:
+        msg.seed = p.seed
+    return msg
+
+
+def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=msg.max_tokens if msg.HasField("max_tokens") else None,
+        temperature=msg.temperature, top_p=msg.top_p, top_k=msg.top_k,
+        seed=msg.seed if msg.HasField("seed") else None, stop=tuple(msg.stop),
+        stop_token_ids=tuple(msg.stop_token_ids), ignore_eos=msg.ignore_eos)
+
+
+def token_event(out: RequestOutput, worker_time: float) -> pb.TokenEvent:
+    """A TokenEvent for one engine output (totals are filled in by the caller on the last one)."""
+    return pb.TokenEvent(token_ids=out.new_token_ids, text=out.text, worker_time=worker_time,
+                         finished=out.finished and not out.kv_held,
+                         finish_reason=FINISH_REASONS[out.finish_reason])

@@ -1,0 +1,115 @@
+"""What both worker processes share: their config, status, gRPC server and registry heartbeat.
+
+A worker's life: build the engine (loads the model), start the engine loop and the gRPC server,
+announce itself in the registry with a heartbeat that expires, serve until SIGTERM/SIGINT, then
+leave the registry, stop the server (in-flight calls get a grace period) and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+
+from protos.tandem.v1 import worker_pb2 as pb
+from services.engine import EngineConfig, InvalidRequestError, LLMEngine
+from services.wire import PARAM_KEY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One worker process. ``port`` 0 picks a free port; ``advertise_host`` is what others dial."""
+
+    role: str
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_host: str = ""
+    redis_url: str = ""
+    worker_id: str = ""
+    kv_timeout_s: float = 30.0
+    request_timeout_s: float = 600.0
+    held_kv_ttl_s: float = 60.0
+    heartbeat_ttl_s: float = 5.0
+    test_hooks: bool = False
+
+    def __post_init__(self):
+        if self.role not in ("prefill", "decode"):
+            raise ValueError(f"role must be prefill or decode, got {self.role!r}")
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", f"{self.role}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+
+    @property
+    def dial_host(self) -> str:
+        return self.advertise_host or self.host
+
+
+def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> None:
+    """End the call with INVALID_ARGUMENT, naming the field in trailing metadata."""
+    context.set_trailing_metadata(((PARAM_KEY, error.field),))
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
+
+
+def worker_status(engine: LLMEngine, config: WorkerConfig) -> pb.WorkerStatus:
+    s = engine.scheduler
+    return pb.WorkerStatus(worker_id=config.worker_id, role=config.role, pid=os.getpid(),
+                           num_running=len(s.running), num_waiting=len(s.waiting),
+                           free_blocks=engine.blocks.num_free, total_blocks=engine.blocks.num_blocks,
+                           max_num_seqs=engine.config.max_num_seqs)
+
+
+def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * config.engine.max_num_seqs + 16),
+                         options=[("grpc.max_send_message_length", 64 << 20),
+                                  ("grpc.max_receive_message_length", 64 << 20)])
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {config.host}:{config.port}")
+    return server, port
+
+
+def run_until_signal(server: grpc.Server, on_stop) -> None:
+    """Serve until SIGTERM or SIGINT, then call ``on_stop`` and stop the server with a grace period."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):
+        pass
+    log.info("stopping")
+    on_stop()
+    server.stop(grace=5).wait(10)
+
+
+def registry_heartbeat(config: WorkerConfig, address: str, status, extra: dict | None = None):
+    """Start publishing this worker in the registry (None when no Redis is configured)."""
+    if not config.redis_url:
+        return None
+    import redis
+
+    from services.registry import Heartbeat, WorkerInfo, WorkerRegistry
+
+    client = redis.Redis.from_url(config.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    registry = WorkerRegistry(client, ttl_seconds=config.heartbeat_ttl_s)
+    started = time.time()
+
+    def info() -> WorkerInfo:
+        st = status()
+        return WorkerInfo(worker_id=config.worker_id, role=config.role, address=address, pid=st.pid,
+                          max_num_seqs=st.max_num_seqs, num_running=st.num_running,
+                          num_waiting=st.num_waiting, free_blocks=st.free_blocks,
+                          total_blocks=st.total_blocks, started_at=started, updated_at=time.time(),
+                          **(extra or {}))
+
+    heartbeat = Heartbeat(registry, info, interval=config.heartbeat_ttl_s / 3)
+    heartbeat.start()
+    return heartbeat

@@ -1,0 +1,149 @@
+"""``tandem up``: the embedded default deployment on one machine.
+
+Starts, in order: Redis (unless ``TANDEM_REDIS_URL`` names one; data and AOF under the data
+directory), one prefill and one decode worker as separate OS processes (each pinned to its own
+core where the OS allows, one torch thread each), and the gateway in this process. It prints the
+URL once ``/ready`` is green. Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
+children also die with this process if it is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tandem.redis_server import EmbeddedRedis, _prctl
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = ""
+    dtype: str = "float32"
+    redis_url: str = ""
+    data_dir: Path = Path(".tandem")
+    pin_cores: bool = True
+    ready_timeout_s: float = 300.0
+
+
+def _preexec(core: int | None):
+    parent = os.getpid()
+
+    def run() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+        if core is not None:
+            try:
+                os.sched_setaffinity(0, {core})
+            except OSError:
+                pass
+    return run
+
+
+def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None, extra: list[str] = ()) -> subprocess.Popen:
+    env = dict(os.environ, TANDEM_REDIS_URL=redis_url)
+    if core is not None:
+        env["TANDEM_NUM_THREADS"] = "1"
+    argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--dtype", cfg.dtype,
+            *(["--model", cfg.model] if cfg.model else []), *extra]
+    return subprocess.Popen(argv, env=env, preexec_fn=_preexec(core))
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def worker_cores(pin: bool) -> tuple[int | None, int | None]:
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    return cores[0], cores[1]
+
+
+def run(cfg: UpConfig) -> int:
+    import uvicorn
+
+    from gateway.main import build_app
+
+    redis = None
+    redis_url = cfg.redis_url
+    if not redis_url:
+        redis = EmbeddedRedis(cfg.data_dir / "redis").start()
+        redis_url = redis.url
+        log.info("started Redis at %s (data in %s)", redis_url, redis.data_dir)
+    prefill_core, decode_core = worker_cores(cfg.pin_cores)
+    procs = [spawn_worker("prefill", cfg, redis_url, prefill_core),
+             spawn_worker("decode", cfg, redis_url, decode_core)]
+    try:
+        app = build_app(redis_url=redis_url, model=cfg.model)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+        threading.Thread(target=_announce_when_ready, args=(cfg, procs, server, redis_url), daemon=True).start()
+        # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM behave
+        # like Ctrl-C so that the clean-up below runs for both.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        stop_processes(procs)
+        if redis is not None:
+            redis.stop()
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, redis_url: str) -> None:
+    url = f"http://{cfg.host}:{cfg.port}"
+    deadline = time.monotonic() + cfg.ready_timeout_s
+    while time.monotonic() < deadline and not server.should_exit:
+        if any(p.poll() is not None for p in procs):
+            print("tandem up: a worker exited during start-up; stopping", file=sys.stderr, flush=True)
+            server.should_exit = True
+            return
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as r:
+                if r.status == 200:
+                    print(f"Tandem is ready at {url}/v1  (redis: {redis_url}; Ctrl-C to stop)", flush=True)
+                    break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    else:
+        if not server.should_exit:
+            print("tandem up: not ready in time; stopping", file=sys.stderr, flush=True)
+            server.should_exit = True
+        return
+    while not server.should_exit:  # a dead worker is a dead deployment: say so and stop
+        if any(p.poll() is not None for p in procs):
+            print("tandem up: a worker exited; stopping", file=sys.stderr, flush=True)
+            server.should_exit = True
+        time.sleep(1)

@@ -1,0 +1,109 @@
+"""One real ``tandem up`` per test session: embedded Redis, a prefill and a decode worker process,
+the gateway, the real model. Tests talk to it with the official ``openai`` SDK."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tandem.redis_server import free_port
+
+
+@dataclass
+class Stack:
+    proc: subprocess.Popen
+    base_url: str
+    redis_url: str
+    data_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+    def client(self, **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=120, **kw)
+
+    def registry(self):
+        import redis
+
+        from services.registry import WorkerRegistry
+
+        return WorkerRegistry(redis.Redis.from_url(self.redis_url, socket_timeout=2))
+
+    def worker_status(self, role: str):
+        """gRPC Status of every live worker of ``role``."""
+        import grpc
+
+        from protos.tandem.v1 import worker_pb2 as pb
+        from protos.tandem.v1 import worker_pb2_grpc as rpc
+
+        out = []
+        for w in self.registry().live(role):
+            stub_cls = rpc.PrefillServiceStub if role == "prefill" else rpc.DecodeServiceStub
+            with grpc.insecure_channel(w.address) as ch:
+                out.append(stub_cls(ch).Status(pb.StatusRequest(), timeout=5))
+        return out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return []
+    return [int(x) for x in out.split()]
+
+
+def start_up(tmp: Path, extra_env: dict | None = None, args: list[str] = ()) -> Stack:
+    port = free_port()
+    env = dict(os.environ, TANDEM_DATA_DIR=str(tmp), TANDEM_TEST_HOOKS="1", TANDEM_KV_CACHE_GB="0.5",
+               **(extra_env or {}))
+    env.pop("TANDEM_REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stack = Stack(proc, f"http://127.0.0.1:{port}/v1", "", tmp)
+    ready = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            stack.lines.append(line)
+            m = re.search(r"Tandem is ready at (\S+)\s+\(redis: (\S+);", line)
+            if m:
+                stack.redis_url = m.group(2)
+                ready.set()
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 300
+    while not ready.wait(0.5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("tandem up did not become ready:\n" + "".join(stack.lines[-60:]))
+    return stack
+
+
+def stop_up(stack: Stack) -> None:
+    """Ctrl-C, as a person would; everything must be gone afterwards."""
+    children = _children(stack.proc.pid)
+    stack.proc.send_signal(signal.SIGINT)
+    try:
+        assert stack.proc.wait(60) == 0, "".join(stack.lines[-40:])
+    finally:
+        if stack.proc.poll() is None:
+            stack.proc.kill()
+    time.sleep(0.5)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    assert not alive, f"left running after Ctrl-C: {alive}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    s = start_up(tmp_path_factory.mktemp("tandem-up"))
+    yield s
+    stop_up(s)
