@@ -66,6 +66,7 @@ class BackendUnavailable(Exception):
 
 class Backend(Protocol):
     model_name: str
+    max_model_len: int   # context length in tokens (prompt + output)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` through the model's chat template (raises InvalidRequestError)."""
@@ -82,6 +83,7 @@ class LocalBackend:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self.model_name = engine.model_name
+        self.max_model_len = engine.max_model_len
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
         threading.Thread(target=self._loop, daemon=True, name="local-engine").start()

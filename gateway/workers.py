@@ -2,6 +2,8 @@
 
 Per request: pick the least-loaded live decode worker and prefill worker, open the decode worker's
 ``Generate`` stream naming the prefill worker, and turn its ``TokenEvent``s into ``TokenChunk``s.
+Where no prefill/decode pair is live but a ``colocated`` worker is (``tandem up --colocated``), the
+request goes to it whole.
 Closing the iterator cancels the gRPC call; the decode worker then aborts the request on both
 workers.
 """
@@ -24,11 +26,12 @@ from services.registry import WorkerRegistry
 
 
 class WorkerBackend:
-    def __init__(self, registry: WorkerRegistry, tokenizer: Tokenizer, model_name: str,
+    def __init__(self, registry: WorkerRegistry, tokenizer: Tokenizer, model_name: str, max_model_len: int,
                  request_timeout_s: float = 600.0):
         self.registry = registry
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.max_model_len = max_model_len
         self.request_timeout_s = request_timeout_s
         self._stubs: dict[str, rpc.DecodeServiceStub] = {}
 
@@ -42,10 +45,10 @@ class WorkerBackend:
             return False, f"registry unreachable: {e}"
         roles = {w.role for w in workers}
         missing = [r for r in ("prefill", "decode") if r not in roles]
-        if missing:
+        if missing and "colocated" not in roles:
             return False, f"no live {' or '.join(missing)} worker"
         for w in workers:
-            if w.role == "decode" and await self._reachable(w.address):
+            if w.role in ("decode", "colocated") and await self._reachable(w.address):
                 return True, f"{len(workers)} live workers"
         return False, "no decode worker answers"
 
@@ -60,7 +63,7 @@ class WorkerBackend:
         decode, prefill = await self._route()
         call = self._stub(decode.address).Generate(pb.GenerateRequest(
             request_id=params.request_id, prompt_token_ids=params.prompt_token_ids,
-            sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address,
+            sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address if prefill else "",
             test_corrupt_kv=params.test_corrupt_kv), timeout=self.request_timeout_s)
         started = False
         try:
@@ -81,9 +84,14 @@ class WorkerBackend:
             call.cancel()
 
     async def _route(self):
+        """(decode worker, prefill worker), or (colocated worker, None) when no pair is live."""
         try:
             decode, prefill = await asyncio.gather(asyncio.to_thread(self.registry.pick, "decode"),
                                                    asyncio.to_thread(self.registry.pick, "prefill"))
+            if decode is None or prefill is None:
+                colocated = await asyncio.to_thread(self.registry.pick, "colocated")
+                if colocated is not None:
+                    return colocated, None
         except Exception as e:
             raise BackendUnavailable(f"worker registry unreachable: {e}") from e
         if decode is None or prefill is None:

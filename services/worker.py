@@ -44,8 +44,8 @@ class WorkerConfig:
     test_hooks: bool = False
 
     def __post_init__(self):
-        if self.role not in ("prefill", "decode"):
-            raise ValueError(f"role must be prefill or decode, got {self.role!r}")
+        if self.role not in ("prefill", "decode", "colocated"):
+            raise ValueError(f"role must be prefill, decode or colocated, got {self.role!r}")
         if not self.worker_id:
             object.__setattr__(self, "worker_id", f"{self.role}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
 

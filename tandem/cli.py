@@ -34,14 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--no-pin", action="store_true", help="do not pin each worker to its own core")
+    up.add_argument("--colocated", action="store_true",
+                    help="one worker doing both prefill and decode on all cores (the baseline)")
     _add_engine_args(up)
+
+    bench = sub.add_parser("bench", help="benchmark any OpenAI-compatible Chat Completions server")
+    from tandem.bench.cli import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway against the worker registry")
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=8000)
     gw.add_argument("--model", default=Settings.from_env().model)
 
-    for role in ("prefill", "decode"):
+    for role in ("prefill", "decode", "colocated"):
         w = sub.add_parser(role, help=f"run a {role} worker (gRPC)")
         w.add_argument("--host", default="127.0.0.1", help="address to listen on")
         w.add_argument("--port", type=int, default=0, help="gRPC port (0 = any free port)")
@@ -49,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         w.add_argument("--worker-id", default="")
         w.add_argument("--kv-timeout", type=float, default=30.0, help="seconds for KV pairing and transfers")
         w.add_argument("--max-num-seqs", type=int, default=64)
-        if role == "decode":
+        if role != "prefill":
             w.add_argument("--kv-port", type=int, default=0, help="torch.distributed store port (0 = any)")
         _add_engine_args(w)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{args.command}] %(name)s: %(message)s")
-    return {"generate": generate, "up": up_command, "gateway": gateway_command,
-            "prefill": worker_command, "decode": worker_command}[args.command](args)
+    return {"generate": generate, "up": up_command, "gateway": gateway_command, "bench": bench_command,
+            "prefill": worker_command, "decode": worker_command, "colocated": worker_command}[args.command](args)
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +87,14 @@ def up_command(args: argparse.Namespace) -> int:
 
     s = Settings.from_env()
     return run(UpConfig(host=args.host, port=args.port, model=args.model, dtype=args.dtype,
-                        redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin))
+                        redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin,
+                        colocated=args.colocated))
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from tandem.bench.cli import run
+
+    return run(args)
 
 
 def gateway_command(args: argparse.Namespace) -> int:
@@ -108,7 +122,7 @@ def worker_command(args: argparse.Namespace) -> int:
         from services.prefill.main import serve
 
         serve(config, s.cache_dir)
-    else:
+    else:  # decode, or colocated (a decode worker that also prefills)
         from services.decode.main import serve
 
         serve(config, s.cache_dir, kv_port=args.kv_port)

@@ -1,9 +1,10 @@
 """``tandem up``: the embedded default deployment on one machine.
 
 Starts, in order: Redis (unless ``TANDEM_REDIS_URL`` names one; data and AOF under the data
-directory), one prefill and one decode worker as separate OS processes (each pinned to its own
-core where the OS allows, one torch thread each), and the gateway in this process. It prints the
-URL once ``/ready`` is green. Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
+directory, restarted if it dies), one prefill and one decode worker as separate OS processes (each
+pinned to its own core where the OS allows, one torch thread each) — or, with ``--colocated``, one
+worker doing both on all cores — and the gateway in this process. It prints the URL once
+``/ready`` is green. Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
 children also die with this process if it is killed.
 """
 
@@ -35,6 +36,7 @@ class UpConfig:
     redis_url: str = ""
     data_dir: Path = Path(".tandem")
     pin_cores: bool = True
+    colocated: bool = False
     ready_timeout_s: float = 300.0
 
 
@@ -96,13 +98,17 @@ def run(cfg: UpConfig) -> int:
         redis = EmbeddedRedis(cfg.data_dir / "redis").start()
         redis_url = redis.url
         log.info("started Redis at %s (data in %s)", redis_url, redis.data_dir)
-    prefill_core, decode_core = worker_cores(cfg.pin_cores)
-    procs = [spawn_worker("prefill", cfg, redis_url, prefill_core),
-             spawn_worker("decode", cfg, redis_url, decode_core)]
+    if cfg.colocated:
+        procs = [spawn_worker("colocated", cfg, redis_url, None)]
+    else:
+        prefill_core, decode_core = worker_cores(cfg.pin_cores)
+        procs = [spawn_worker("prefill", cfg, redis_url, prefill_core),
+                 spawn_worker("decode", cfg, redis_url, decode_core)]
     try:
         app = build_app(redis_url=redis_url, model=cfg.model)
         server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
-        threading.Thread(target=_announce_when_ready, args=(cfg, procs, server, redis_url), daemon=True).start()
+        threading.Thread(target=_announce_when_ready, args=(cfg, procs, server, redis_url, redis),
+                         daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM behave
         # like Ctrl-C so that the clean-up below runs for both.
         signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -121,7 +127,8 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, redis_url: str) -> None:
+def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, redis_url: str,
+                         redis: EmbeddedRedis | None) -> None:
     url = f"http://{cfg.host}:{cfg.port}"
     deadline = time.monotonic() + cfg.ready_timeout_s
     while time.monotonic() < deadline and not server.should_exit:
@@ -146,4 +153,16 @@ def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, r
         if any(p.poll() is not None for p in procs):
             print("tandem up: a worker exited; stopping", file=sys.stderr, flush=True)
             server.should_exit = True
+        if redis is not None and not redis.running:
+            _restart_redis(redis)
         time.sleep(1)
+
+
+def _restart_redis(redis: EmbeddedRedis) -> None:
+    """Our Redis died or was shut down: start it again on the same port and data (AOF replays)."""
+    print("tandem up: Redis stopped; restarting it", file=sys.stderr, flush=True)
+    try:
+        redis.stop()    # reaps the dead process; start() refuses while it is still recorded
+        redis.start()
+    except Exception as e:  # keep trying on the next tick; the gateway answers 503 meanwhile
+        log.error("could not restart Redis: %s", e)

@@ -1,4 +1,4 @@
-"""``tandem decode``: build the engine, host the KV store, serve DecodeService, heartbeat."""
+"""``tandem decode`` (and ``tandem colocated``): build the engine, host the KV store, serve DecodeService."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> None:
     address = f"{config.dial_host}:{port}"
     heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None),
                                    extra={"kv_store": f"{config.dial_host}:{store.port}"})
-    log.info("decode worker %s serving on %s (KV store on port %d)", config.worker_id, address, store.port)
-    print(f"TANDEM_WORKER_READY decode {config.worker_id} {address}", flush=True)
+    log.info("%s worker %s serving on %s (KV store on port %d)", config.role, config.worker_id, address, store.port)
+    print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address}", flush=True)
 
     def stop():
         if heartbeat:

@@ -1,5 +1,8 @@
 """The decode worker: runs a request's prefill elsewhere, pulls its KV, and decodes it here.
 
+In the ``colocated`` role (the baseline deployment) the same servicer prefills locally instead,
+with chunked prefill mixing into the decode batches, and no KV moves.
+
 A request's life here (``Generate``, one gRPC stream per request):
 1. validate against this engine's limits (INVALID_ARGUMENT naming the field);
 2. ``Prefill`` on the prefill worker the gateway chose → the first token, streamed at once;
@@ -56,7 +59,12 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             self.engine.validate(prompt, params)
         except InvalidRequestError as e:
             abort_invalid(context, e)
-        prefill = self.puller.stub(request.prefill_address)
+        if self.config.role == "colocated":
+            prefill = None
+        elif not request.prefill_address:
+            abort_invalid(context, InvalidRequestError("prefill_address", "a decode worker needs a prefill worker"))
+        else:
+            prefill = self.puller.stub(request.prefill_address)
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         outputs = self.loop.subscribe(rid)
@@ -66,11 +74,13 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         finally:
             self.loop.unsubscribe(rid)
             self.engine.abort(rid)   # no-op when it finished; frees its blocks otherwise
-            if not clean:
+            if not clean and prefill is not None:
                 self._abort_prefill(prefill, rid)
 
     def _run(self, request, prompt, params, prefill, outputs, cancelled, start, context):
         """Yield the request's events; return True when it ended cleanly (nothing left to abort)."""
+        if prefill is None:
+            return (yield from self._run_colocated(request, prompt, params, outputs, cancelled, start))
         rid = request.request_id
         reply = self._prefill(request, params, prefill, context)
         if reply.finished:
@@ -80,7 +90,7 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         stats = pb.TransferStats(prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
                                  prefill_pid=reply.pid, decode_pid=os.getpid())
         if first.finished:  # cannot happen while both workers run the same checks; stay correct anyway
-            yield self._final(first, reply, stats, start)
+            yield self._final(first, reply.prefill_time, stats, start)
             return False    # the prefill worker still holds the KV: let the caller abort it
         yield wire.token_event(first, time.perf_counter() - start)
         try:
@@ -94,22 +104,34 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             return False
         stats.kv_bytes, stats.kv_transfer_seconds, stats.backend = pulled.nbytes, pulled.seconds, pulled.backend
         self.loop.wake()
+        return (yield from self._stream(outputs, cancelled, reply.prefill_time, stats, start))
+
+    def _run_colocated(self, request, prompt, params, outputs, cancelled, start):
+        """The colocated baseline: prefill and decode in this engine, no KV handoff."""
+        self.engine.add_request(request.request_id, prompt, params)
+        self.loop.wake()
+        stats = pb.TransferStats(decode_worker_id=self.config.worker_id, prefill_worker_id=self.config.worker_id,
+                                 prefill_pid=os.getpid(), decode_pid=os.getpid())
+        return (yield from self._stream(outputs, cancelled, None, stats, start))
+
+    def _stream(self, outputs, cancelled, prefill_time, stats, start):
+        """Relay engine outputs until the request finishes (True) or the call is cancelled (False)."""
         while not cancelled.is_set():
             try:
                 out = outputs.get(timeout=1.0)
             except queue.Empty:
                 continue
             if out.finished:
-                yield self._final(out, reply, stats, start)
+                yield self._final(out, prefill_time, stats, start)
                 return True
             yield wire.token_event(out, time.perf_counter() - start)
         return False
 
     @staticmethod
-    def _final(out, reply: pb.PrefillReply, stats: pb.TransferStats, start: float) -> pb.TokenEvent:
+    def _final(out, prefill_time: float | None, stats: pb.TransferStats, start: float) -> pb.TokenEvent:
         event = wire.token_event(out, time.perf_counter() - start)
         event.prompt_tokens, event.completion_tokens = out.prompt_tokens, out.completion_tokens
-        event.prefill_time = reply.prefill_time
+        event.prefill_time = out.prefill_time if prefill_time is None else prefill_time
         event.decode_time_arr.extend(out.decode_time_arr)
         event.transfer.CopyFrom(stats)
         return event
