@@ -20,6 +20,9 @@ def build_app(redis_url: str, model: str = ""):
     model_dir = resolve_model_dir(model or None, settings.cache_dir)
     name = model_name_for(model or default_model_path())
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    backend = WorkerBackend(WorkerRegistry(client), Tokenizer(model_dir), name)
+    from services.engine.config import ModelConfig
+
+    max_model_len = ModelConfig.from_json(model_dir / "config.json").max_position_embeddings
+    backend = WorkerBackend(WorkerRegistry(client), Tokenizer(model_dir), name, max_model_len)
     return create_app(backend, GatewaySettings(served_model_name=name,
                                                full_text_enabled_default=settings.full_text_default))
