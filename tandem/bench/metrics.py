@@ -7,7 +7,8 @@ A *content chunk* is a streamed ``chat.completion.chunk`` whose ``delta.content`
 Per request (successful requests only):
 
 - **TTFT** (time to first token): sent → arrival of the first content chunk.
-- **E2E latency**: sent → end of the stream (the ``[DONE]`` event).
+- **E2E latency**: sent → end of the stream (the ``[DONE]`` event; vLLM stops at the event before
+  it, the usage chunk, a negligible difference).
 - **Output tokens**: the server's ``usage.completion_tokens``; if the server sent no usage, the
   number of content chunks.
 - **Input tokens**: the server's ``usage.prompt_tokens`` (chat template included); if absent, the

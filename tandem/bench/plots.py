@@ -41,7 +41,7 @@ def latency_cdfs(runs: Runs, path: Path) -> Path:
                 ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=label)
         ax.set(title=title, xlabel="ms", ylabel="fraction of requests", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize="small")
+    _legend(axes[0], loc="lower right")
     return _save(fig, path)
 
 
@@ -58,9 +58,13 @@ def itl_over_time(runs: Runs, path: Path) -> Path:
     ax.set(title="Inter-token latency over time", xlabel="seconds since start",
            ylabel="gap between content chunks (ms)")
     ax.grid(alpha=0.3)
-    if runs:
-        ax.legend(loc="upper right", fontsize="small", markerscale=4)
+    _legend(ax, loc="upper right", markerscale=4)
     return _save(fig, path)
+
+
+def _legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:       # nothing to label when every request failed
+        ax.legend(fontsize="small", **kwargs)
 
 
 def _save(fig, path: Path) -> Path:

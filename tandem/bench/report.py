@@ -39,7 +39,7 @@ def table(result: BenchResult) -> str:
         ("Model:", c.model),
         ("Dataset:", _dataset(result)),
         ("Request rate (req/s):", _rate(c.load.request_rate)),
-        ("Burstiness:", c.load.burstiness),
+        ("Burstiness:", f"{c.load.burstiness:g}"),
         ("Max concurrency:", c.load.concurrency or "unlimited"),
         ("Successful requests:", s.completed),
         ("Failed requests:", s.failed),
@@ -51,7 +51,7 @@ def table(result: BenchResult) -> str:
         ("Total token throughput (tok/s):", s.total_token_throughput),
     ]
     if s.goodput is not None:
-        rows.append((f"Request goodput (req/s) [{_slo(result)}]:", s.goodput))
+        rows += [("Goodput SLOs (s):", _slo(result)), ("Request goodput (req/s):", s.goodput)]
     lines += [_row(k, v) for k, v in rows]
     for key, short, title in SECTIONS:
         stats: LatencyStats | None = getattr(s, key)
