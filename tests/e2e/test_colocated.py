@@ -1,0 +1,31 @@
+"""``tandem up --colocated``: one worker does prefill and decode; same API, same greedy answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import start_up, stop_up
+
+pytestmark = pytest.mark.slow
+
+MODEL = "SmolLM2-135M-Instruct"
+QUESTION = [{"role": "user", "content": "Name three famous painters and one work by each."}]
+
+
+@pytest.fixture(scope="module")
+def colocated(tmp_path_factory):
+    s = start_up(tmp_path_factory.mktemp("tandem-colocated"), args=["--colocated"])
+    yield s
+    stop_up(s)
+
+
+def test_colocated_serves_the_same_greedy_answer_without_kv_handoff(colocated, stack):
+    assert [w.role for w in colocated.registry().live()] == ["colocated"]
+    raw = colocated.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+    r = raw.parse()
+    assert raw.headers["x-tandem-prefill-pid"] == raw.headers["x-tandem-decode-pid"]
+    assert raw.headers["x-tandem-kv-bytes"] == "0"
+    assert len(r.usage.model_extra["decode_time_arr"]) == r.usage.completion_tokens - 1
+    pd = stack.client().chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+    assert r.choices[0].message.content == pd.choices[0].message.content
