@@ -11,11 +11,12 @@ Ranges follow OpenAI and the worker contract (protos/tandem/v1/worker.proto: ``m
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+
+from .extra_fields import refuse_extra_fields
 
 UINT32_MAX = 2**32 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -52,9 +53,6 @@ NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
 
 TEXT_ONLY_PART_TYPES = ("image_url", "input_audio", "file")
 
-
-def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
-    return value is None or any(type(value) is type(n) and value == n for n in neutral)
 
 
 def _join_text_parts(content: Any) -> Any:
@@ -125,15 +123,7 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _refuse_other_fields(self) -> "ChatCompletionRequest":
-        for name, value in (self.model_extra or {}).items():
-            if name not in NOT_SUPPORTED:
-                raise PydanticCustomError("unknown_parameter",
-                                          "Unrecognized request argument supplied: {param}",
-                                          {"param": name})
-            if not _is_neutral(value, NOT_SUPPORTED[name]):
-                raise PydanticCustomError("unsupported_parameter",
-                                          "'{param}' is not supported by this server{hint}.",
-                                          {"param": name, "hint": _hint(name)})
+        refuse_extra_fields(self.model_extra, NOT_SUPPORTED)
         return self
 
     @model_validator(mode="after")
@@ -155,7 +145,3 @@ class ChatCompletionRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-
-def _hint(name: str) -> str:
-    neutral = NOT_SUPPORTED[name]
-    return f" (only {json.dumps(neutral[0])} or null)" if neutral else ""

@@ -8,9 +8,12 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 | unknown or unsupported field                 | 400    | invalid_request_error | the field      |
 | the backend refuses the request              | 400    | invalid_request_error | its field      |
 | unknown model / unknown URL                  | 404    | invalid_request_error | model / null   |
+| unknown, expired or deleted response         | 404    | invalid_request_error | response_id    |
+|   (named by previous_response_id)            | 404    | invalid_request_error | previous_resp… |
 | a worker fails before the first token        | 502    | server_error          | null           |
 | no worker can take it (BackendUnavailable)   | 503    | server_error          | null           |
 | the request was aborted by the system        | 503    | server_error          | null           |
+| the response store (Redis) is unreachable    | 503    | server_error          | null           |
 | the request ran past its time limit          | 504    | server_error          | null           |
 | anything unexpected (logged, no stack trace) | 500    | server_error          | null           |
 
@@ -69,6 +72,10 @@ class APIError(Exception):
     @classmethod
     def unavailable(cls, exc: BackendUnavailable) -> "APIError":
         return cls.server(503, f"No worker could take the request: {exc}", code="backend_unavailable")
+
+    @classmethod
+    def store_unavailable(cls, reason: str) -> "APIError":
+        return cls.server(503, f"The response store is unavailable: {reason}", code="store_unavailable")
 
     @classmethod
     def internal(cls) -> "APIError":
@@ -137,10 +144,11 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
 
 
 def param_name(loc: tuple | list) -> str | None:
-    """``("body", "messages", 0, "content")`` → ``"messages[0].content"`` (OpenAI's spelling)."""
+    """``("body", "messages", 0, "content")`` → ``"messages[0].content"`` (OpenAI's spelling);
+    ``("query", "limit")`` → ``"limit"``."""
     name = ""
     for part in loc:
-        if part == "body" and not name:
+        if part in ("body", "query", "path") and not name:
             continue
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
     return name or None

@@ -12,6 +12,7 @@
 | TANDEM_DATA_DIR       | where `tandem up` keeps its Redis data (AOF)    | ./.tandem          |
 | TANDEM_FULL_TEXT      | server default for `fullTextEnabled` (1/0)      | 0                  |
 | TANDEM_TEST_HOOKS     | honour test-only request hooks (1/0)            | 0                  |
+| TANDEM_RESPONSE_TTL_SECONDS | lifetime of stored Responses records      | 2592000 (30 days)  |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Settings:
     data_dir: Path
     full_text_default: bool
     test_hooks: bool
+    response_ttl_seconds: int
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -48,6 +50,7 @@ class Settings:
             data_dir=Path(env.get("TANDEM_DATA_DIR") or ".tandem"),
             full_text_default=_flag(env.get("TANDEM_FULL_TEXT", "0")),
             test_hooks=_flag(env.get("TANDEM_TEST_HOOKS", "0")),
+            response_ttl_seconds=int(env.get("TANDEM_RESPONSE_TTL_SECONDS", str(30 * 86400))),
         )
 
 

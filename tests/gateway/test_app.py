@@ -238,6 +238,9 @@ def test_worker_failure_mid_stream_ends_stream_with_error_event(client, fake):
             got += [chunk.choices[0].delta.content] if chunk.choices else []
     assert got == ["", "Hel", "lo"]
     assert "decode worker lost" in e.value.message
+    deadline = time.monotonic() + 5   # the server closes the backend stream just after the last event
+    while len(fake.closed) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(fake.closed) == 1
 
 

@@ -1,0 +1,135 @@
+"""A response's conversation: its input items, the prompt built from them, and their pages.
+
+Every stored response keeps its FULL input item list: the items of the chain before it
+(``previous_response_id``: the parent's input items, then the parent's output messages) followed by
+its own new input. So a chain of any length is rebuilt from one record, and
+``GET /v1/responses/{id}/input_items`` lists exactly what the model was given (oldest first when
+``order=asc``). ``instructions`` are not items: they lead this turn's prompt as a system message and
+are not inherited by the next turn (as in OpenAI).
+
+Items are stored in OpenAI's item shapes (``ResponseInputMessageItem`` for user/system/developer,
+``ResponseOutputMessage`` for the assistant), each with an id (``msg_…``) for cursor pagination.
+
+Truncation: the prompt (through the model's chat template) plus ``max_output_tokens`` (or one token
+to generate) must fit the model's context. ``disabled`` (the default) refuses a conversation that
+does not fit with a 400 naming ``input``; ``auto`` drops the oldest turns until it fits. A turn is a
+user message and the items after it up to the next user message; items before the first user
+message (a system preamble) and the newest turn are never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import APIError
+from .responses_models import InputMessage
+from .responses_object import new_id
+
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+def input_items(messages: list[InputMessage]) -> list[dict[str, Any]]:
+    """The request's input as stored items, each with an id."""
+    return [_stored(m) for m in messages]
+
+
+def _stored(m: InputMessage) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "message", "id": m.id or new_id("msg"), "role": m.role,
+                            "content": [part.stored() for part in m.content]}
+    item["status"] = m.status or "completed"
+    if m.phase is not None:
+        item["phase"] = m.phase
+    return item
+
+
+def continued_items(parent: dict[str, Any], parent_items: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+    """The items a child of ``parent`` inherits: the parent's input, then its output messages."""
+    output = [item for item in parent.get("output") or [] if item.get("type") == "message"]
+    return [*parent_items, *output]
+
+
+def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list[dict[str, str]]:
+    """Items (and this turn's instructions) as chat-template messages; developer → system."""
+    messages = [{"role": "system", "content": instructions}] if instructions is not None else []
+    for item in items:
+        role = "system" if item["role"] == "developer" else item["role"]
+        text = "\n".join(part.get("text") or "" for part in item["content"])
+        messages.append({"role": role, "content": text})
+    return messages
+
+
+@dataclass(frozen=True)
+class Prompt:
+    token_ids: list[int]
+    dropped_items: int        # how many of the oldest items truncation left out
+
+
+def build_prompt(template: Callable[[list[dict[str, str]]], list[int]],
+                 items: list[dict[str, Any]], instructions: str | None, *,
+                 max_output_tokens: int | None, max_model_len: int, truncation: str) -> Prompt:
+    """Token ids of the conversation, dropping the oldest turns if ``truncation`` is ``auto``."""
+    budget = max_model_len - (max_output_tokens or 1)
+    preamble, starts = _turns(items)
+
+    def tokens(dropped: int) -> list[int]:
+        return template(chat_messages(items[:preamble] + items[preamble + dropped:], instructions))
+
+    prompt = tokens(0)
+    if len(prompt) <= budget:
+        return Prompt(prompt, 0)
+    if truncation != "auto" or not starts:
+        raise _too_long(len(prompt), max_output_tokens, max_model_len, truncation)
+    # Drop whole turns: the fewest that make it fit (bisection; the prompt shrinks as turns go).
+    cuts = [start - preamble for start in starts]     # items dropped when that turn leads
+    lo, hi, best = 0, len(cuts), None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = tokens(cuts[mid])
+        if len(candidate) <= budget:
+            best, hi = candidate, mid
+        else:
+            lo, prompt = mid + 1, candidate
+    if best is None:
+        raise _too_long(len(prompt), max_output_tokens, max_model_len, truncation)
+    return Prompt(best, cuts[lo])
+
+
+def _turns(items: list[dict[str, Any]]) -> tuple[int, list[int]]:
+    """(end of the preamble, index of every user message after the first).
+
+    Making the turn at ``starts[k]`` the first one after the preamble drops every turn before it;
+    the newest turn's start is the last entry, so it is never dropped.
+    """
+    users = [i for i, item in enumerate(items) if item["role"] == "user"]
+    if not users:
+        return len(items), []
+    return users[0], users[1:]
+
+
+def _too_long(prompt_tokens: int, max_output_tokens: int | None, max_model_len: int,
+              truncation: str) -> APIError:
+    wanted = f" + max_output_tokens {max_output_tokens}" if max_output_tokens else ""
+    hint = (" Shorten the input, lower max_output_tokens, or set truncation to 'auto'."
+            if truncation != "auto" else " Even the newest turn alone does not fit.")
+    return APIError.invalid(f"The conversation has {prompt_tokens} tokens{wanted}, more than this "
+                            f"model's context of {max_model_len} tokens allows.{hint}", "input",
+                            code="context_length_exceeded")
+
+
+def page(items: list[dict[str, Any]], *, after: str | None, limit: int, order: str
+         ) -> dict[str, Any]:
+    """One page of ``items`` as an OpenAI list object (cursor: ``after`` an item id)."""
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    if after is not None:
+        ids = [item.get("id") for item in ordered]
+        if after not in ids:
+            raise APIError.invalid(f"No input item with id '{after}' in this response.", "after")
+        start = ids.index(after) + 1
+    data = ordered[start:start + limit]
+    return {"object": "list", "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": start + limit < len(ordered)}

@@ -1,0 +1,203 @@
+"""The Responses API request as the gateway accepts it (POST /v1/responses).
+
+Rule, as for Chat Completions (chat_models.py): every field here is honoured. OpenAI fields Tandem
+does not implement are listed in ``NOT_SUPPORTED`` with the values that ask for nothing (no tools,
+plain text output, ...); those values are accepted, any other value is a 400 naming the field. Any
+other unknown field is a 400 naming it. Types are strict.
+
+``input`` is a string (one user message) or a list of message items. After validation it is always
+a list of ``InputMessage`` whose ``content`` is a list of text parts: a string becomes one
+``input_text`` part (``output_text`` for the assistant). Images, files and audio are refused: the
+model is text-only. Tool items (function calls, their outputs, reasoning, item references) are
+refused: Tandem serves no tools.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from .extra_fields import refuse_extra_fields
+
+from .chat_models import INT64_MAX, INT64_MIN, UINT32_MAX
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+# OpenAI request fields that are not implemented → the values that mean "not used" (null always is).
+NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "tools": ([],),
+    "tool_choice": ("auto", "none"),
+    "parallel_tool_calls": (True, False),     # no tools, so either value is trivially honoured
+    "max_tool_calls": (),
+    "text": ({"format": {"type": "text"}},),
+    "reasoning": ({},),
+    "include": ([],),
+    "top_logprobs": (0,),
+    "service_tier": ("auto", "default"),
+    "conversation": (),
+    "prompt": (),
+    "prompt_cache_key": (),
+    "prompt_cache_retention": (),
+    "prompt_cache_options": (),
+    "safety_identifier": (),
+    "context_management": (),
+    "background_options": (),
+    "moderation": (),
+    "image": (),
+    "access_programs": (),
+}
+
+TEXT_PART_TYPES = ("input_text", "output_text")
+MEDIA_PART_TYPES = ("input_image", "input_file", "input_audio")
+TOOL_ITEM_TYPES = ("function_call", "function_call_output", "reasoning", "item_reference",
+                   "custom_tool_call", "custom_tool_call_output", "mcp_call", "computer_call",
+                   "computer_call_output", "web_search_call", "file_search_call")
+
+
+class ContentPart(BaseModel):
+    """A text part of a message: ``input_text`` or ``output_text`` (annotations echoed as given)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+    def stored(self) -> dict[str, Any]:
+        if self.type == "input_text":
+            return {"type": "input_text", "text": self.text}
+        return {"type": "output_text", "text": self.text, "annotations": self.annotations or [],
+                "logprobs": self.logprobs or []}
+
+
+def _text_parts_only(content: Any) -> Any:
+    """Refuse media parts with a message that says why (the model reads text only)."""
+    if isinstance(content, list):
+        for i, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in MEDIA_PART_TYPES:
+                raise PydanticCustomError(
+                    "unsupported_content", "This model is text-only: content part {index} has type "
+                    "'{kind}'; only 'input_text' and 'output_text' parts are supported.",
+                    {"index": i, "kind": kind})
+    return content
+
+
+class InputMessage(BaseModel):
+    """One message item: OpenAI's EasyInputMessage, typed input Message, or a prior output message."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["message"] = "message"
+    id: str | None = Field(None, min_length=1)
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Annotated[list[ContentPart], BeforeValidator(_text_parts_only)]
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+    phase: Literal["commentary", "final_answer"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_content_to_part(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("content"), str):
+            kind = "output_text" if data.get("role") == "assistant" else "input_text"
+            return {**data, "content": [{"type": kind, "text": data["content"]}]}
+        return data
+
+    @property
+    def text(self) -> str:
+        return "\n".join(part.text for part in self.content)
+
+
+def _input_items(value: Any) -> Any:
+    """A string is one user message; item types other than messages are refused by name."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind in TOOL_ITEM_TYPES:
+                raise PydanticCustomError(
+                    "unsupported_item", "Input item {index} has type '{kind}'; this server serves "
+                    "no tools and accepts only 'message' items.",
+                    {"index": i, "kind": kind, "param": f"input[{i}]"})
+            if kind is not None and kind != "message":
+                raise PydanticCustomError("invalid_value", "Input item {index} has unknown type "
+                                          "'{kind}'.", {"index": i, "kind": kind,
+                                                        "param": f"input[{i}].type"})
+    return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_obfuscation: Literal[False] | None = None   # Tandem never adds obfuscation padding
+
+
+class ResponseCreateRequest(BaseModel):
+    """POST /v1/responses. Extra fields are collected only to be checked and refused."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str
+    input: Annotated[list[InputMessage], BeforeValidator(_input_items), Field(min_length=1)]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    previous_response_id: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    user: str | None = None                # an opaque end-user tag: logged and echoed
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    background: bool | None = None
+    # Tandem extensions (as in Chat Completions)
+    top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    ignore_eos: bool | None = None
+
+    @model_validator(mode="after")
+    def _refuse_other_fields(self) -> "ResponseCreateRequest":
+        refuse_extra_fields(self.model_extra, NOT_SUPPORTED)
+        return self
+
+    @model_validator(mode="after")
+    def _check_metadata(self) -> "ResponseCreateRequest":
+        metadata = self.metadata or {}
+        if len(metadata) > MAX_METADATA_PAIRS:
+            raise _invalid("metadata", f"'metadata' has {len(metadata)} pairs; at most "
+                                       f"{MAX_METADATA_PAIRS} are allowed.")
+        for key, value in metadata.items():
+            if len(key) > MAX_METADATA_KEY:
+                raise _invalid("metadata", f"'metadata' key {key[:20]!r}... is {len(key)} characters "
+                                           f"long; keys are at most {MAX_METADATA_KEY}.")
+            if len(value) > MAX_METADATA_VALUE:
+                raise _invalid("metadata", f"'metadata' value of {key!r} is {len(value)} characters "
+                                           f"long; values are at most {MAX_METADATA_VALUE}.")
+        return self
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "ResponseCreateRequest":
+        if self.stream_options is not None and not self.stream:
+            raise _invalid("stream_options", "'stream_options' is only allowed when 'stream' is true.")
+        if self.background and not self.keep:
+            raise _invalid("background", "Background responses must be stored: 'background' "
+                                         "requires 'store' to be true.")
+        return self
+
+    @property
+    def keep(self) -> bool:
+        """Whether the response is stored (``store`` defaults to true)."""
+        return self.store is not False
+
+
+def _invalid(param: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_value", "{message}", {"param": param, "message": message})
+
+

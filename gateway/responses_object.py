@@ -1,0 +1,109 @@
+"""The ``Response`` object and its parts, as JSON-ready dicts (reference §1.2–1.4).
+
+A Response echoes its request (model, instructions, sampling values in effect, limits, metadata,
+previous_response_id, store, truncation, user, background) and carries at most one output item: an
+assistant ``message`` with one ``output_text`` part. ``usage`` is null until the response ends;
+then it has OpenAI's counts plus Tandem's ``prefill_time`` and ``decode_time_arr`` (see usage.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from .responses_models import ResponseCreateRequest
+from .usage import UsageMeter
+
+ACTIVE = ("queued", "in_progress")          # the statuses of a response that is still running
+FINISHED = ("completed", "incomplete", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def new_response(response_id: str, body: ResponseCreateRequest, model: str, status: str
+                 ) -> dict[str, Any]:
+    """The Response as it starts (``queued`` or ``in_progress``): no output, no usage."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "background": bool(body.background),
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "max_tool_calls": None,
+        "metadata": dict(body.metadata or {}),
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": _echo(body, "parallel_tool_calls", True),
+        "previous_response_id": body.previous_response_id,
+        "reasoning": None,
+        "store": body.keep,
+        "temperature": 1.0 if body.temperature is None else body.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": _echo(body, "tool_choice", "auto"),
+        "tools": [],
+        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "truncation": body.truncation or "disabled",
+        "usage": None,
+        "user": body.user,
+    }
+
+
+def _echo(body: ResponseCreateRequest, name: str, default: Any) -> Any:
+    """A neutral-only field (responses_models.NOT_SUPPORTED) as the request gave it, or its default."""
+    value = (body.model_extra or {}).get(name)
+    return default if value is None else value
+
+
+def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    """The assistant message; ``text=None`` gives the item as first added (no content part yet)."""
+    content = [] if text is None else [output_part(text)]
+    return {"type": "message", "id": item_id, "role": "assistant", "status": status,
+            "content": content}
+
+
+def output_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def usage_body(meter: UsageMeter, input_tokens: int) -> dict[str, Any]:
+    """Responses usage from a generation's meter; ``input_tokens`` when the backend sent no totals.
+
+    Output tokens count the prefill worker's first token; ``decode_time_arr`` has one entry per later
+    token, so its length is ``output_tokens - 1`` (for a response that ended early, the tokens that
+    arrived).
+    """
+    arrived = (meter.prefill_time is not None) + len(meter.decode_time_arr)
+    output_tokens = meter.completion_tokens or arrived
+    input_tokens = meter.prompt_tokens or input_tokens
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+        "prefill_time": meter.prefill_time or 0.0,
+        "decode_time_arr": list(meter.decode_time_arr),
+    }
+
+
+def finish(response: dict[str, Any], status: str, *, output: list[dict[str, Any]],
+           usage: dict[str, Any] | None, error: str | None = None,
+           incomplete_reason: str | None = None) -> dict[str, Any]:
+    """``response`` ended with ``status`` (a new dict; the old one is left as it was)."""
+    return {
+        **response,
+        "status": status,
+        "output": output,
+        "usage": usage,
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "error": {"code": "server_error", "message": error} if error is not None else None,
+        "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+    }

@@ -1,0 +1,84 @@
+"""Replaying a response's stored event log, and following it while the response runs.
+
+``GET /v1/responses/{id}?stream=true&starting_after=N`` (on any replica) and a streamed background
+``POST`` read the Redis event log: the events after ``N``, then new ones as the running replica
+appends them, until the terminal event. The log is polled (20 ms, backing off to 200 ms while
+nothing comes), so no thread ever blocks waiting on Redis.
+
+When to stop:
+- after the terminal event (``response.completed`` / ``incomplete`` / ``failed``);
+- when the record is gone (deleted), or says ``cancelled`` and the log has nothing more
+  (a cancelled response has no terminal event);
+- when the record says finished but its terminal event does not come within ``GRACE_S`` (the
+  running replica logs the closing events just before it saves the record, so this is rare);
+- when nothing at all happens for ``idle_timeout_s`` (the replica running it died), or the store
+  becomes unreachable: then one ``error`` event says so (reference §2.6: a ``type: "error"``
+  event, never a top-level ``error`` key, which the SDK would raise on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator
+
+from .errors import APIError
+from .responses_events import TERMINAL_TYPES
+from .responses_object import ACTIVE
+from .responses_records import ResponseRecords
+
+MIN_POLL_S = 0.02
+MAX_POLL_S = 0.2
+GRACE_S = 1.0
+
+
+async def follow(records: ResponseRecords, response_id: str, after: int, *,
+                 idle_timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    """The events of ``response_id`` with ``sequence_number > after``, live until it ends."""
+    delay, last_news, finished_at = MIN_POLL_S, time.monotonic(), None
+    try:
+        while True:
+            events = await records.events_after(response_id, after)
+            for event in events:
+                yield event
+                after = event["sequence_number"]
+                if event["type"] in TERMINAL_TYPES:
+                    return
+            now = time.monotonic()
+            if events:
+                delay, last_news = MIN_POLL_S, now
+                continue
+            if finished_at is None:
+                status = await _status(records, response_id)
+                if status in (None, "cancelled"):   # what it logged before it ended, then stop
+                    for event in await records.events_after(response_id, after):
+                        yield event
+                    return
+                if status not in ACTIVE:
+                    finished_at = now
+            elif now - finished_at > GRACE_S:
+                return
+            if now - last_news > idle_timeout_s:
+                yield _error(after, "stream_stalled", f"Response {response_id} has had no new "
+                             f"events for {idle_timeout_s:g} seconds; the gateway running it may "
+                             "have stopped.")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_POLL_S)
+    except APIError as err:                         # the store went away mid-stream
+        yield _error(after, err.code or "server_error", err.message)
+
+
+async def _status(records: ResponseRecords, response_id: str) -> str | None:
+    try:
+        return (await records.get(response_id))["status"]
+    except APIError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def _error(after: int, code: str, message: str) -> dict[str, Any]:
+    """A stream-level ``error`` event (reference §2.6), numbered after the last event sent."""
+    return {"type": "error", "sequence_number": after + 1, "code": code, "param": None,
+            "message": message}

@@ -1,0 +1,178 @@
+"""One response being generated: its Generation driven to the end, its events, its stored record.
+
+Life of a ``ResponseRun`` (the same for plain, streamed and background responses):
+1. ``create_record()`` stores the Response (``in_progress``, or ``queued`` in background) with its
+   full input item list, so it can be retrieved while it runs (store=true only).
+2. ``start()`` waits for the first token. A foreground request calls it before answering, so that a
+   refusal or a failure before any token is an HTTP error (and ``discard_record()`` drops the
+   record); a background run calls it inside ``events()``, where such a failure becomes a
+   ``failed`` response.
+3. ``events()`` yields the events of reference §2.3 in order. With ``log_events`` each one is
+   appended to the Redis event log before it is yielded, so any replica can replay and follow it.
+4. At the end the closing events are logged, then the record is replaced by the final Response,
+   and only then are the closing events yielded: a client that has seen ``response.completed`` can
+   retrieve the completed response from any replica.
+
+Ownership: the run owns its Generation and closes it however it ends (closing aborts the request on
+the workers and frees its KV). A run stopped from outside (client gone, background cancel) records
+``cancelled``; that save runs as its own task, so a cancelled caller cannot interrupt it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Callable, Coroutine
+
+from .errors import APIError
+from .generation import Generation
+from .responses_events import ResponseEvents
+from .responses_object import usage_body
+from .responses_records import ResponseRecords
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+class ResponseRun:
+    def __init__(self, generation: Generation, builder: ResponseEvents,
+                 records: ResponseRecords | None, *, log_events: bool, input_tokens: int,
+                 spawn: Spawn):
+        """``records=None``: not stored (store=false). ``spawn`` runs a coroutine as its own task."""
+        self.generation = generation
+        self.builder = builder
+        self.records = records
+        self.log_events = log_events and records is not None
+        self.input_tokens = input_tokens
+        self._spawn = spawn
+        self._started = False
+        self._ended = False                     # events() has run to its end (or was stopped)
+        self.error: APIError | None = None      # why the response failed, if it did
+        self._log_error: APIError | None = None  # the event log could not be written
+
+    @property
+    def response_id(self) -> str:
+        return self.builder.response["id"]
+
+    @property
+    def response(self) -> dict[str, Any]:
+        return self.builder.response
+
+    async def start(self) -> None:
+        self._started = True
+        await self.generation.start()
+
+    async def create_record(self, items: list[dict[str, Any]]) -> None:
+        if self.records is not None:
+            await self.records.create(self.response, items)
+
+    async def discard_record(self) -> None:
+        """Drop the record of a run that failed before its first token (best effort)."""
+        if self.records is not None:
+            try:
+                await self.records.delete(self.response_id)
+            except APIError as err:
+                log.warning("response %s: could not drop its record: %s", self.response_id,
+                            err.message)
+
+    async def events(self, *, to_client: bool) -> AsyncIterator[dict[str, Any]]:
+        """Every event of the response; ``to_client``: a failed final save becomes ``failed``."""
+        try:
+            yield await self._emit(self.builder.created())
+            yield await self._emit(self.builder.in_progress())
+            self._check_log()
+            if self.response.get("background") and self.records is not None:
+                await self.records.update(self.response)
+            async for event in self._generate():
+                yield event
+            closing = await self._end(to_client, *self._outcome())
+        except APIError as err:
+            log.warning("response %s failed: %s", self.response_id, err.message)
+            self.error = err
+            closing = await self._end(to_client, "failed", error=err.message)
+        except Exception:
+            log.exception("response %s: unexpected failure", self.response_id)
+            self.error = APIError.internal()
+            closing = await self._end(to_client, "failed", error=self.error.message)
+        except (asyncio.CancelledError, GeneratorExit):
+            self._spawn(self._cancelled())
+            raise
+        finally:
+            self._ended = True
+            await self.generation.aclose()
+        for event in closing:
+            yield event
+
+    async def abandon(self) -> None:
+        """Stop the run if ``events()`` never ran to its end (its consumer went away before or
+        while iterating): close the Generation and record ``cancelled``. Idempotent."""
+        if not self._ended:
+            self._ended = True
+            await self.generation.aclose()
+            self._spawn(self._cancelled())
+
+    async def _generate(self) -> AsyncIterator[dict[str, Any]]:
+        if not self._started:
+            await self.start()
+        for event in self.builder.message_started():
+            yield await self._emit(event)
+        async for chunk in self.generation:
+            self._check_log()
+            if chunk.text:
+                yield await self._emit(self.builder.delta(chunk.text))
+        self._check_log()
+
+    def _outcome(self) -> tuple[str, ...]:
+        if self.generation.finish_reason == "length":
+            return ("incomplete", "max_output_tokens")
+        return ("completed",)
+
+    async def _end(self, to_client: bool, status: str, reason: str | None = None, *,
+                   error: str | None = None) -> list[dict[str, Any]]:
+        """Finish the response, log its closing events, save it; return the closing events."""
+        usage = usage_body(self.generation.usage, self.input_tokens)
+        self.builder.finish(status, usage, error=error, incomplete_reason=reason)
+        closing = self.builder.closing()
+        try:
+            for event in closing:
+                await self._emit(event)
+            await self._save()
+        except APIError as err:
+            if not to_client:
+                raise
+            log.error("response %s could not be stored: %s", self.response_id, err.message)
+            if status != "failed":       # tell the client: it must not take this for a success
+                self.builder.retract(closing)
+                self.builder.finish("failed", usage, error=f"The response could not be stored: "
+                                                           f"{err.message}")
+                closing = self.builder.closing()
+        return closing
+
+    async def _cancelled(self) -> None:
+        """Record a run stopped from outside as ``cancelled`` (runs as its own task)."""
+        self.builder.finish("cancelled", usage_body(self.generation.usage, self.input_tokens))
+        try:
+            await self._save()
+        except APIError as err:
+            log.error("response %s: could not record its cancellation: %s", self.response_id,
+                      err.message)
+
+    async def _emit(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Log ``event``. If the store fails, the event still goes out (no gap in the sequence)
+        and the run fails right after it (``_check_log``)."""
+        if self.log_events:
+            try:
+                await self.records.append_event(self.response_id, event)
+            except APIError as err:
+                self.log_events = False
+                self._log_error = err
+        return event
+
+    def _check_log(self) -> None:
+        if self._log_error is not None:
+            raise self._log_error
+
+    async def _save(self) -> None:
+        if self.records is not None and not await self.records.update(self.response):
+            log.info("response %s was deleted while it ran; not saved", self.response_id)

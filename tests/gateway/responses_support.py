@@ -1,0 +1,132 @@
+"""What the Responses API tests over a scripted backend and a real Redis share: a real Redis with a
+store, a gateway on uvicorn, and helpers that check shapes, errors and the event order. Response
+ids are ``resp_`` + the request id, so a test can find what a failed request stored (nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Iterator
+
+import httpx
+import openai
+
+from gateway.app import create_app
+from gateway.config import GatewaySettings
+from gateway.response_store import ResponseStore
+from tandem.redis_server import EmbeddedRedis
+
+from .fakes import FakeBackend
+from .serving import serve
+
+MODEL = "tandem-test"
+TIMEOUT_S = 5.0
+TTL_S = 3600
+NAMESPACE = "rtest"
+
+
+# -- what each test module's fixtures are made of -------------------------------------------------
+@contextlib.contextmanager
+def redis_store(tmp_path_factory) -> Iterator[ResponseStore]:
+    """A real redis-server (own data directory) and a store on it."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield ResponseStore(server.client(timeout=2), namespace=NAMESPACE, ttl_seconds=TTL_S)
+
+
+def settings(**overrides) -> GatewaySettings:
+    return GatewaySettings(**{"served_model_name": MODEL, "request_timeout_s": TIMEOUT_S,
+                              "response_ttl_seconds": TTL_S, **overrides})
+
+
+@contextlib.contextmanager
+def gateway(backend: FakeBackend, store: ResponseStore | None, **overrides) -> Iterator[str]:
+    """A gateway over ``backend`` and ``store`` under uvicorn; yields its base URL."""
+    with serve(create_app(backend, settings(**overrides), store)) as url:
+        yield url
+
+
+def reset(backend: FakeBackend) -> FakeBackend:
+    backend.reset()
+    backend.max_model_len = 8192
+    return backend
+
+
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def wait_until(cond, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def create(http, **body):
+    return http.post("/v1/responses", json={"model": MODEL, "input": "Hi", **body})
+
+
+def assert_error(resp: httpx.Response, status: int, param: str | None, code: str | None = None):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param, err
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+def sse_events(resp: httpx.Response) -> list[dict]:
+    """Parse a raw SSE body; check each block has a matching ``event:`` line and no ``[DONE]``."""
+    events = []
+    for block in resp.text.split("\n\n"):
+        if not block.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        event = json.loads(lines["data"])
+        assert lines["event"] == event["type"] and "error" not in event
+        events.append(event)
+    return events
+
+
+def stored_id(resp: httpx.Response) -> str:
+    """The id the gateway gave (or would have given) the response of this request."""
+    return "resp_" + resp.headers["x-request-id"].removeprefix("req_")
+
+
+def assert_usage(usage: dict, output_tokens: int):
+    assert usage["output_tokens"] == output_tokens
+    assert usage["total_tokens"] == usage["input_tokens"] + output_tokens
+    assert usage["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
+    assert usage["output_tokens_details"] == {"reasoning_tokens": 0}
+    assert usage["prefill_time"] > 0 and len(usage["decode_time_arr"]) == output_tokens - 1
+
+
+PLAIN_ORDER = ["response.created", "response.in_progress", "response.output_item.added",
+               "response.content_part.added"]
+CLOSING = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+
+
+def check_stream(events: list[dict], terminal: str, deltas: int) -> dict:
+    """§2.3 order, gapless sequence numbers, one id, text done = the deltas; the final Response."""
+    kinds = [e["type"] for e in events]
+    assert kinds == PLAIN_ORDER + ["response.output_text.delta"] * deltas + CLOSING + [terminal]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    lifecycle = [e["response"] for e in events if "response" in e]
+    assert len({r["id"] for r in lifecycle}) == 1
+    assert lifecycle[0]["status"] in ("in_progress", "queued") and lifecycle[0]["output"] == []
+    assert lifecycle[0]["usage"] is None
+    item_id = events[2]["item"]["id"]
+    assert all(e["item_id"] == item_id for e in events if "item_id" in e)
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert events[-4]["text"] == text and events[-3]["part"]["text"] == text
+    final = events[-1]["response"]
+    assert final["output"] == [events[-2]["item"]]
+    return final
+
+
