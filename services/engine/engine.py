@@ -66,6 +66,10 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos)
         self._live: dict[str, _Live] = {}
         self._lock = threading.RLock()
+        # Prefill side: prompt KV copied out after the first token, waiting to be sent. Guarded by
+        # its own lock so a KV send never waits for a model step.
+        self._handoffs: dict[str, tuple[torch.Tensor, float]] = {}
+        self._handoff_lock = threading.Lock()
 
     # -- requests -------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -73,7 +77,8 @@ class LLMEngine:
         """Validate and queue a request; raise ``InvalidRequestError`` naming the bad field.
 
         ``prefill_only`` (prefill workers): after its first token the request is not decoded
-        here; its KV stays in its blocks until ``export_held`` + ``release`` or ``abort``.
+        here; at the end of that step its prompt KV is copied out of its blocks (which are freed)
+        and waits for ``take_held``, ``abort`` or ``expire_held``.
         """
         with self._lock:
             seq = self._new_sequence(request_id, prompt_token_ids, params)
@@ -119,7 +124,10 @@ class LLMEngine:
         return max_tokens
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request (queued, running or held) and free its KV blocks; False if unknown here."""
+        """Stop a request (queued, running or held) and free its KV; False if unknown here."""
+        with self._handoff_lock:
+            if self._handoffs.pop(request_id, None) is not None:
+                return True
         with self._lock:
             live = self._live.pop(request_id, None)
             if live is None:
@@ -161,7 +169,11 @@ class LLMEngine:
             self.scheduler.finish(seq, reason)
             del self._live[seq.request_id]
         elif held:
-            self.scheduler.hold(seq)
+            kv = self.cache.export(seq.block_table, seq.num_prompt_tokens)
+            self.scheduler.finish(seq, "handoff")
+            del self._live[seq.request_id]
+            with self._handoff_lock:
+                self._handoffs[seq.request_id] = (kv, now)
         return RequestOutput(
             request_id=seq.request_id, new_token_ids=[token], text=text, finished=reason is not None or held,
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
@@ -169,21 +181,25 @@ class LLMEngine:
             decode_time_arr=list(seq.decode_times) if reason else [], token_time=now, kv_held=held)
 
     # -- disaggregation: the prefill side -------------------------------------------------------
-    def export_held(self, request_id: str) -> torch.Tensor:
-        """The prompt KV of a held request, ``[layers, 2, prompt_tokens, kv_heads, head_dim]``."""
-        with self._lock:
-            seq = self._held(request_id)
-            return self.cache.export(seq.block_table, seq.num_prompt_tokens)
+    def take_held(self, request_id: str) -> torch.Tensor:
+        """Hand over (and forget) a held prompt KV, ``[layers, 2, prompt_tokens, kv_heads, head_dim]``.
+
+        Never waits for a model step. Raises ``KeyError`` if nothing is held for ``request_id``.
+        """
+        with self._handoff_lock:
+            entry = self._handoffs.pop(request_id, None)
+        if entry is None:
+            raise KeyError(f"request {request_id!r} holds no KV here")
+        return entry[0]
 
     def expire_held(self, max_age: float) -> list[str]:
-        """Free the KV of requests held longer than ``max_age`` seconds (never pulled)."""
+        """Drop held KV older than ``max_age`` seconds (no decode worker came for it)."""
         now = time.perf_counter()
-        with self._lock:
-            old = [rid for rid, live in self._live.items() if live.seq.status is SequenceStatus.HELD
-                   and live.seq.prefill_only and now - live.seq.last_token_time > max_age]
+        with self._handoff_lock:
+            old = [rid for rid, (_, since) in self._handoffs.items() if now - since > max_age]
             for rid in old:
-                self.abort(rid)
-            return old
+                del self._handoffs[rid]
+        return old
 
     def _held(self, request_id: str) -> Sequence:
         live = self._live.get(request_id)

@@ -100,11 +100,6 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
 
-    def hold(self, seq: Sequence) -> None:
-        """Stop scheduling ``seq`` but keep its blocks (prefill KV awaiting handoff)."""
-        self.running.remove(seq)
-        seq.status = SequenceStatus.HELD
-
     def finish(self, seq: Sequence, reason: str) -> None:
         """Take ``seq`` out of the queues and return its blocks. Safe to call once per sequence."""
         if seq.status is SequenceStatus.RUNNING:

@@ -58,8 +58,7 @@ class SamplingParams:
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"      # queued for the scheduler
     RUNNING = "running"      # scheduled every step
-    HELD = "held"            # owns KV blocks but is not scheduled: prefill KV awaiting handoff,
-                             # or a decode-side request whose KV has not arrived yet
+    HELD = "held"            # decode side: adopted, not scheduled; its KV has not arrived yet
     FINISHED = "finished"
 
 

@@ -2,9 +2,10 @@
 
 A request's life here:
 1. ``Prefill`` (from a decode worker) queues the prompt with ``prefill_only``; the engine batches it
-   with other prompts, samples the first token, and holds the prompt's KV blocks.
-2. ``SendKv`` exports the held KV, sends header + payload over the torch.distributed pair of the
-   asking decode worker, and frees the blocks — sent or not, the KV leaves this worker then.
+   with other prompts, samples the first token, copies the prompt's KV out of its blocks and frees
+   them (so the next prompts get the blocks, and a send never waits for a model step).
+2. ``SendKv`` takes that KV and sends header + payload over the torch.distributed pair of the
+   asking decode worker — sent or not, the KV leaves this worker then.
 3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once.
 Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode worker's TCPStore.
 """
@@ -96,15 +97,13 @@ class PrefillServicer(rpc.PrefillServiceServicer):
             self.engine.abort(rid)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not paired with {request.decode_worker_id}")
         try:
-            kv = self.engine.export_held(rid)
+            kv = self.engine.take_held(rid)   # the KV leaves this worker now, whatever happens next
         except KeyError as e:
             try:
                 channel.refuse(rid, str(e))   # answers the peer's posted recv; the pair stays usable
             except KvTransferError:
                 pass                          # the channel is broken now; the peer re-pairs
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        finally:
-            self.engine.abort(rid)   # the KV leaves this worker now, whatever happens next
         start = time.perf_counter()
         try:
             nbytes = channel.send(rid, kv, corrupt=rid in self._corrupt)

@@ -37,10 +37,10 @@ def test_handoff_matches_colocated_generation(engine, decoder, params):
     [want] = engine.generate([prompt], params)
     first = prefill(engine, "h1", prompt, params)
     assert first.kv_held and first.finished and first.finish_reason is None
-    assert engine.blocks.num_free < engine.blocks.num_blocks       # the KV is held
-    kv = engine.export_held("h1")
+    assert engine.blocks.num_free == engine.blocks.num_blocks      # copied out, blocks already free
+    kv = engine.take_held("h1")
     assert tuple(kv.shape) == engine.kv_shape(len(prompt))
-    assert engine.abort("h1") and engine.blocks.num_free == engine.blocks.num_blocks
+    assert not engine.abort("h1")                                  # taken: nothing left here
     adopted = decoder.adopt("h1", prompt, params, first.new_token_ids[0])
     assert not adopted.finished and adopted.new_token_ids == first.new_token_ids
     assert decoder.reserve_kv("h1")
@@ -58,7 +58,9 @@ def test_held_kv_expires_and_unpulled_adoption_aborts(engine, decoder):
     assert engine.expire_held(max_age=0) == ["h2"]
     assert engine.blocks.num_free == engine.blocks.num_blocks
     with pytest.raises(KeyError):
-        engine.export_held("h2")
+        engine.take_held("h2")
+    prefill(engine, "h4", prompt, params)
+    assert engine.abort("h4") and not engine.abort("h4")
     decoder.adopt("h2", prompt, params, first.new_token_ids[0])
     assert decoder.reserve_kv("h2") and decoder.blocks.num_free < decoder.blocks.num_blocks
     assert decoder.abort("h2") and decoder.blocks.num_free == decoder.blocks.num_blocks

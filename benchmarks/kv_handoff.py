@@ -1,0 +1,75 @@
+"""KV handoff cost against a running disaggregated Tandem: bytes and seconds per request by prompt length.
+
+    python -m benchmarks.kv_handoff --base-url http://127.0.0.1:8000/v1 [--lengths 64,256,1024,2048,4096]
+
+Each request is non-streaming with ``max_tokens=2`` (so its KV crosses once); the gateway's
+``x-tandem-kv-bytes`` / ``x-tandem-kv-transfer-seconds`` headers carry what the decode worker
+measured (SendKv call → verified KV in its cache, both checksums included). The machine's memory
+bandwidth is measured in the same run (a 512 MiB tensor copy, read + write bytes counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import httpx
+import torch
+
+WORDS = ("time people way year work world life hand part child eye woman place case week company system "
+         "program question government number night point home water room mother area money story fact").split()
+
+
+def memory_bandwidth_gbps(mib: int = 512, repeats: int = 5) -> float:
+    src = torch.ones(mib << 18)          # float32: mib MiB
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def measure(client: httpx.Client, model: str, words: int, repeats: int) -> dict:
+    text = " ".join(WORDS[i % len(WORDS)] for i in range(words))
+    rows = []
+    for _ in range(repeats):
+        r = client.post("/chat/completions", json={"model": model, "max_tokens": 2, "temperature": 0,
+                                                   "messages": [{"role": "user", "content": text}]})
+        r.raise_for_status()
+        rows.append((r.json()["usage"]["prompt_tokens"], int(r.headers["x-tandem-kv-bytes"]),
+                     float(r.headers["x-tandem-kv-transfer-seconds"]), r.json()["usage"]["prefill_time"]))
+    seconds = statistics.median(row[2] for row in rows)
+    return {"prompt_tokens": rows[0][0], "kv_bytes": rows[0][1], "transfer_ms": 1000 * seconds,
+            "transfer_gbps": rows[0][1] / seconds / 1e9, "ttft_ms": 1000 * statistics.median(r[3] for r in rows),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--model", default="SmolLM2-135M-Instruct")
+    p.add_argument("--lengths", default="32,128,512,1024,2048,4000", help="prompt lengths in words")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", default="")
+    args = p.parse_args()
+    bandwidth = memory_bandwidth_gbps()
+    with httpx.Client(base_url=args.base_url, timeout=300) as client:
+        measure(client, args.model, 16, 1)                                   # warm-up, pairing
+        rows = [measure(client, args.model, int(n), args.repeats) for n in args.lengths.split(",")]
+    print(f"memory bandwidth (copy, read+write): {bandwidth:.1f} GB/s")
+    print("| prompt tokens | KV bytes | transfer ms | transfer GB/s | % of memory bw | TTFT (prefill_time) ms |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['prompt_tokens']} | {r['kv_bytes']:,} | {r['transfer_ms']:.1f} | {r['transfer_gbps']:.2f} "
+              f"| {100 * r['transfer_gbps'] / bandwidth:.1f}% | {r['ttft_ms']:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"memory_bandwidth_gbps": bandwidth, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
