@@ -1,6 +1,6 @@
 """KV handoff cost against a running disaggregated Tandem: bytes and seconds per request by prompt length.
 
-    python -m benchmarks.kv_handoff --base-url http://127.0.0.1:8000/v1 [--lengths 64,256,1024,2048,4096]
+    python -m benchmarks.kv_handoff --base-url http://127.0.0.1:8000/v1 [--lengths 32,128,512,1024,2048]
 
 Each request is non-streaming with ``max_tokens=2`` (so its KV crosses once); the gateway's
 ``x-tandem-kv-bytes`` / ``x-tandem-kv-transfer-seconds`` headers carry what the decode worker
@@ -40,8 +40,12 @@ def measure(client: httpx.Client, model: str, words: int, repeats: int) -> dict:
         r = client.post("/chat/completions", json={"model": model, "max_tokens": 2, "temperature": 0,
                                                    "messages": [{"role": "user", "content": text}]})
         r.raise_for_status()
+        if int(r.headers["x-tandem-kv-bytes"]) == 0:   # the first token ended it: no KV moved
+            continue
         rows.append((r.json()["usage"]["prompt_tokens"], int(r.headers["x-tandem-kv-bytes"]),
                      float(r.headers["x-tandem-kv-transfer-seconds"]), r.json()["usage"]["prefill_time"]))
+    if not rows:
+        raise RuntimeError(f"no KV moved for a {words}-word prompt (the first token ended every request)")
     seconds = statistics.median(row[2] for row in rows)
     return {"prompt_tokens": rows[0][0], "kv_bytes": rows[0][1], "transfer_ms": 1000 * seconds,
             "transfer_gbps": rows[0][1] / seconds / 1e9, "ttft_ms": 1000 * statistics.median(r[3] for r in rows),
@@ -52,7 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base-url", required=True)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
-    p.add_argument("--lengths", default="32,128,512,1024,2048,4000", help="prompt lengths in words")
+    p.add_argument("--lengths", default="32,128,512,1024,2048", help="prompt lengths in words")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default="")
     args = p.parse_args()

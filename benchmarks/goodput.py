@@ -1,0 +1,41 @@
+"""Goodput under several SLOs, recomputed from ``tandem bench`` result JSONs.
+
+    python -m benchmarks.goodput bench-results/.../rates --slo tpot=0.1 --slo ttft=5
+
+For every ``<point>/<deployment>-r*.json`` under the folder, prints requests/s meeting each SLO
+(definitions as in tandem/bench/metrics.py: a request meets an SLO when every bound holds; TPOT is
+not defined for one-token outputs, which meet any TPOT bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def meets(r: dict, slo: dict[str, float]) -> bool:
+    if not r["success"]:
+        return False
+    return all(r.get(k) is None or r[k] <= bound for k, bound in slo.items())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--slo", action="append", required=True, help="e.g. tpot=0.1,ttft=5 (seconds)")
+    args = p.parse_args()
+    slos = [{k: float(v) for k, v in (kv.split("=") for kv in s.split(","))} for s in args.slo]
+    print("| point | deployment | req/s | " + " | ".join(f"goodput {s}" for s in args.slo) + " |")
+    print("|---|---|---:|" + "---:|" * len(slos))
+    for path in sorted(Path(args.folder).glob("*/*-r*.json"), key=lambda q: (float(q.parent.name.split("=")[-1])
+                                                                             if "=" in q.parent.name else 0, q.name)):
+        d = json.loads(path.read_text())
+        duration, reqs = d["metrics"]["duration"], d["requests"]
+        goodputs = [sum(meets(r, slo) for r in reqs) / duration for slo in slos]
+        print(f"| {path.parent.name} | {path.stem.rsplit('-r', 1)[0]} | {d['metrics']['request_throughput']:.2f} | "
+              + " | ".join(f"{g:.2f}" for g in goodputs) + " |")
+
+
+if __name__ == "__main__":
+    main()
