@@ -22,7 +22,7 @@ from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services import wire
 from services.engine import InvalidRequestError
 from services.engine.tokenizer import Tokenizer
-from services.registry import WorkerRegistry
+from services.registry import WorkerRegistry, least_loaded
 
 
 class WorkerBackend:
@@ -86,14 +86,15 @@ class WorkerBackend:
     async def _route(self):
         """(decode worker, prefill worker), or (colocated worker, None) when no pair is live."""
         try:
-            decode, prefill = await asyncio.gather(asyncio.to_thread(self.registry.pick, "decode"),
-                                                   asyncio.to_thread(self.registry.pick, "prefill"))
-            if decode is None or prefill is None:
-                colocated = await asyncio.to_thread(self.registry.pick, "colocated")
-                if colocated is not None:
-                    return colocated, None
+            workers = await asyncio.to_thread(self.registry.live)   # one registry read per request
         except Exception as e:
             raise BackendUnavailable(f"worker registry unreachable: {e}") from e
+        by_role = lambda role: least_loaded([w for w in workers if w.role == role])  # noqa: E731
+        decode, prefill = by_role("decode"), by_role("prefill")
+        if decode is None or prefill is None:
+            colocated = by_role("colocated")
+            if colocated is not None:
+                return colocated, None
         if decode is None or prefill is None:
             raise BackendUnavailable(f"no live {'decode' if decode is None else 'prefill'} worker")
         return decode, prefill

@@ -128,14 +128,18 @@ class WorkerRegistry:
 
         A full worker is still returned: workers queue requests; the caller decides what is too busy.
         """
-        workers = self.live(_check_role(role))
-        if not workers:
-            return None
-        least = min(w.load for w in workers)
-        return random.choice([w for w in workers if w.load <= least + 1e-9])
+        return least_loaded(self.live(_check_role(role)))
 
     def _key(self, role: str, worker_id: str) -> str:
         return f"{self._namespace}:worker:{role}:{worker_id}"
+
+
+def least_loaded(workers: list[WorkerInfo]) -> WorkerInfo | None:
+    """The least loaded of ``workers`` (random among ties), or None for an empty list."""
+    if not workers:
+        return None
+    least = min(w.load for w in workers)
+    return random.choice([w for w in workers if w.load <= least + 1e-9])
 
 
 def _check_role(role: str) -> str:

@@ -75,7 +75,7 @@ def _load_prctl():
 _prctl = _load_prctl()
 
 
-def _die_with_parent(parent_pid: int):
+def die_with_parent(parent_pid: int):
     """A preexec_fn: SIGTERM the child when the parent thread dies; exit now if it already has."""
     def preexec() -> None:
         if _prctl is not None:
@@ -138,7 +138,7 @@ class EmbeddedRedis:
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
                 self._argv(), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent(os.getpid()), start_new_session=True)
+                preexec_fn=die_with_parent(os.getpid()), start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:

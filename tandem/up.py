@@ -21,10 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tandem.redis_server import EmbeddedRedis, _prctl
+from tandem.redis_server import EmbeddedRedis, die_with_parent
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,10 @@ class UpConfig:
 
 
 def _preexec(core: int | None):
-    parent = os.getpid()
+    die = die_with_parent(os.getpid())
 
     def run() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
+        die()
         if core is not None:
             try:
                 os.sched_setaffinity(0, {core})

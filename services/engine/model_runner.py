@@ -44,11 +44,10 @@ class ModelRunner:
         if decode:
             ctx = torch.tensor([s.start + 1 for s in decode])
             width = int(ctx.max())
-            tables = torch.zeros(len(decode), -(-width // self.cache.block_size), dtype=torch.long)
-            for i, s in enumerate(decode):
-                tables[i, :len(s.seq.block_table)] = torch.tensor(s.seq.block_table[:tables.shape[1]])
-            pos = torch.arange(width)
             bs = self.cache.block_size
+            n_blocks = -(-width // bs)
+            tables = torch.tensor([(s.seq.block_table + [0] * n_blocks)[:n_blocks] for s in decode])
+            pos = torch.arange(width)
             decode_slots = (tables[:, pos // bs] * bs + pos % bs).to(self.device)
             decode_mask = (pos[None, :] < ctx[:, None])[:, None, None, :].to(self.device)
         spans, start = [], len(decode)

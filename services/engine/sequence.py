@@ -100,9 +100,13 @@ class Sequence:
         return self.num_prompt_tokens + self.max_tokens
 
     def token_at(self, start: int, end: int) -> list[int]:
+        """Tokens ``[start, end)`` of prompt + output, without concatenating the two."""
         n = len(self.prompt_token_ids)
-        return (self.prompt_token_ids[start:end] if end <= n
-                else (self.prompt_token_ids + self.output_token_ids)[start:end])
+        if end <= n:
+            return self.prompt_token_ids[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n:end - n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - n]
 
     def record_token(self, token_id: int, now: float) -> None:
         """Append a sampled token and its timing (first token → prefill_time, later → decode_times)."""
