@@ -57,6 +57,38 @@ def test_greedy_is_batch_invariant_under_continuous_batching(engine):
         assert outputs[i] == want, f"request {i} ({QUESTIONS[i][:30]!r}) differs in a batch"
 
 
+def test_decode_groups_of_very_different_contexts_match_running_alone(engine, monkeypatch):
+    # One ~600-token prompt among short ones: decode queries split into context-length groups.
+    passage = "The river bends past the old mill, where the miller counts his sacks of flour. " * 40
+    prompts = [engine.chat_prompt(passage + "Summarize this.")] + \
+        [engine.chat_prompt(q) for q in QUESTIONS[:7]]
+    assert len(prompts[0]) > 500 > 60 > max(len(p) for p in prompts[1:])
+    alone = [run_alone(engine, p).token_ids for p in prompts]
+    runner = engine.runner
+    seen = []
+    original = runner._metadata
+
+    def spy(decode, prefill, slot_mapping):
+        meta = original(decode, prefill, slot_mapping)
+        seen.append([(g.end - g.start, g.blocks.shape[1]) for g in meta.decode_groups])
+        return meta
+
+    monkeypatch.setattr(runner, "_metadata", spy)
+    together = [c.token_ids for c in engine.generate(prompts, GREEDY)]
+    assert together == alone
+    assert max(len(groups) for groups in seen) >= 2, seen   # the long context was split off
+
+
+def test_group_by_context_splits_where_padding_would_be_wasted():
+    from services.engine.model_runner import group_by_context
+
+    assert group_by_context([]) == []
+    assert group_by_context([50, 49, 48, 40]) == [(0, 4)]               # a little padding: one group
+    assert group_by_context([900, 60, 50, 40]) == [(0, 1), (1, 4)]      # one long context alone
+    assert group_by_context([900, 880, 300, 290, 40, 40], min_saving=512) == [(0, 2), (2, 4), (4, 6)]
+    assert group_by_context([900, 40], min_saving=10**6) == [(0, 2)]
+
+
 def test_seed_reproducible_and_seeds_differ(engine):
     prompt = engine.chat_prompt("Tell me a story about a dragon.")
     p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=1234)
