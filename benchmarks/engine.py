@@ -750,8 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         if d32:
             ratio = d32.tokens_per_s / d32.hf_tokens_per_s
             ratio_e2e = d32.e2e_tokens_per_s / d32.hf_e2e_tokens_per_s
-            log(f"  {dtype}: batch-32 engine/transformers {ratio:.2f}x steady decode, {ratio_e2e:.2f}x whole "
-                f"run (goal >= 3x): {'MET' if min(ratio, ratio_e2e) >= 3 else 'NOT met'}"
+            log(f"  {dtype}: batch-32 engine/transformers on one static batch of equal prompts and answer "
+                f"lengths: {ratio:.2f}x steady decode, {ratio_e2e:.2f}x whole run (the >= 3x aggregate "
+                f"throughput goal is measured on a mixed workload: python -m benchmarks.throughput)"
                 + (noisy if contended(d32) or (d32.hf_other_cores or 0) > _QUIET["threshold"] else ""))
     hf32 = next((r for r in results if r.kind == "decode" and r.batch == 32 and r.hf_tokens_per_s
                  and DTYPES[r.dtype] is torch.float32), None)

@@ -10,14 +10,16 @@ and this script measures that, the way vLLM measured itself against Hugging Face
   answer ends at the model's end-of-turn token or at the cap.
 * **Engine**: all requests submitted at once, at most ``--batch`` (32) running; continuous batching
   admits a waiting request as soon as one finishes.
-* **transformers**: the same requests in the same order, ``--batch`` at a time, each batch
-  left-padded to its longest prompt and run by ``generate`` until every row has ended (the usual
-  way to batch with it); tokens after a row's end-of-turn are padding, not output.
+* **transformers**: the same requests, ``--batch`` at a time, each batch left-padded to its longest
+  prompt and run by ``generate`` until every row has ended (the usual way to batch with it);
+  tokens after a row's end-of-turn are padding, not output. Batches are taken in request order
+  and, separately, sorted by prompt length (less padding; the answers' lengths are not known in
+  advance, so that is the best static batching can do).
 * Output tokens/s = tokens the client gets (up to and including the end-of-turn token) ÷ wall time
   from the first request to the last token, on both sides. The script also prints how many decode
   rows each side computed and checks that both produced the same tokens (greedy, same dtype).
 
-Run from the repository root (≈5 min per dtype on 2 cores)::
+Run from the repository root (≈15 min per dtype on 2 cores)::
 
     python -m benchmarks.throughput                          # float32
     python -m benchmarks.throughput --dtypes float32,bfloat16 --json throughput.json
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=256, help="answer cap (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="workload seed (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--transformers-order", default="arrival,length",
+                    help="how transformers' batches are formed: arrival (request order) and/or length "
+                         "(sorted by prompt length) (default: %(default)s)")
     ap.add_argument("--skip-transformers", action="store_true", help="engine only")
     ap.add_argument("--skip-limits", action="store_true", help="do not measure matmul rate / bandwidth")
     ap.add_argument("--json", type=Path, help="write all results here")
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = [d for d in args.dtypes.split(",") if d]
+    orders = [o for o in args.transformers_order.split(",") if o]
+    if set(orders) - {"arrival", "length"}:
+        ap.error(f"unknown --transformers-order {args.transformers_order}")
     for d in dtypes:
         if d not in DTYPES:
             ap.error(f"unknown dtype {d}")
@@ -183,20 +191,34 @@ def main(argv: list[str] | None = None) -> int:
             continue
         model = load_hf(eng.model_dir, DTYPES[dtype])
         pad = eng.tokenizer.eos_token_id or 0
-        run_transformers(model, prompts[:2], 2, 4, pad, sorted(eng.eos_token_ids))     # warm-up
-        h = run_transformers(model, prompts, args.batch, args.max_tokens, pad, sorted(eng.eos_token_ids))
-        hs = summarize(h, prompts)
-        log(f"transformers: {hs['output_tok_s']:7.1f} output tok/s ({hs['output_tokens']} tokens in "
-            f"{hs['wall_s']} s, {hs['steps']} steps, {hs['decode_rows']} decode rows, "
-            f"{100 * hs['useful_row_fraction']:.0f}% useful; other load {hs['other_cores']} cores)")
-        ratio = es["output_tok_s"] / hs["output_tok_s"]
-        same = prefix_match(e["tokens"], h["tokens"])
-        log(f"engine ÷ transformers: {ratio:.2f}× output tokens/s; greedy tokens engine vs transformers: {same}")
+        eos = sorted(eng.eos_token_ids)
+        run_transformers(model, prompts[:2], 2, 4, pad, eos)     # warm-up
         out_lens = sorted(map(len, e["tokens"]))
         log(f"answer lengths (engine): min {out_lens[0]} / median {statistics.median(out_lens):.0f} / "
             f"max {out_lens[-1]}; {sum(n >= args.max_tokens for n in out_lens)} hit the cap")
-        results["runs"][dtype].update(transformers=hs, ratio=ratio, token_match=same, answer_lens=out_lens)
+        results["runs"][dtype]["answer_lens"] = out_lens
+        for order in orders:
+            # "length": batches of similar prompt length, the best one can do without knowing
+            # the answers' lengths in advance.
+            idx = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if order == "length" \
+                else list(range(len(prompts)))
+            h = run_transformers(model, [prompts[i] for i in idx], args.batch, args.max_tokens, pad, eos)
+            h["tokens"] = [t for _, t in sorted(zip(idx, h["tokens"]))]
+            hs = summarize(h, prompts)
+            ratio = es["output_tok_s"] / hs["output_tok_s"]
+            same = prefix_match(e["tokens"], h["tokens"])
+            log(f"transformers ({order} order): {hs['output_tok_s']:7.1f} output tok/s ({hs['output_tokens']} "
+                f"tokens in {hs['wall_s']} s, {hs['steps']} steps, {hs['decode_rows']} decode rows, "
+                f"{100 * hs['useful_row_fraction']:.0f}% useful; other load {hs['other_cores']} cores)")
+            log(f"  engine ÷ transformers ({order} order): {ratio:.2f}× output tokens/s; "
+                f"greedy tokens engine vs transformers: {same}")
+            results["runs"][dtype][f"transformers_{order}"] = hs | {"ratio": ratio, "token_match": same}
         del model, eng
+    log("\nGoal: >= 3x transformers' aggregate throughput at batch %d:" % args.batch)
+    for dtype, run in results["runs"].items():
+        ratios = {o: run[f"transformers_{o}"]["ratio"] for o in orders if f"transformers_{o}" in run}
+        for order, r in ratios.items():
+            log(f"  {dtype}, transformers batches in {order} order: {r:.2f}x: {'MET' if r >= 3 else 'NOT met'}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         log(f"\nwrote {args.json}")

@@ -40,6 +40,7 @@ class WorkerConfig:
     kv_timeout_s: float = 30.0
     request_timeout_s: float = 600.0
     held_kv_ttl_s: float = 60.0
+    max_held_kv_bytes: int = 1 << 30
     heartbeat_ttl_s: float = 5.0
     test_hooks: bool = False
 

@@ -192,6 +192,11 @@ class LLMEngine:
             raise KeyError(f"request {request_id!r} holds no KV here")
         return entry[0]
 
+    def held_kv_bytes(self) -> int:
+        """Bytes of prompt KV copied out and waiting for ``take_held``."""
+        with self._handoff_lock:
+            return sum(kv.nbytes for kv, _ in self._handoffs.values())
+
     def expire_held(self, max_age: float) -> list[str]:
         """Drop held KV older than ``max_age`` seconds (no decode worker came for it)."""
         now = time.perf_counter()

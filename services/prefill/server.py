@@ -6,7 +6,9 @@ A request's life here:
    them (so the next prompts get the blocks, and a send never waits for a model step).
 2. ``SendKv`` takes that KV and sends header + payload over the torch.distributed pair of the
    asking decode worker — sent or not, the KV leaves this worker then.
-3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once.
+3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once. While
+   the held copies add up to ``max_held_kv_bytes`` or more, ``Prefill`` answers RESOURCE_EXHAUSTED
+   (decode workers that do not pull cannot make this worker run out of memory).
 Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode worker's TCPStore.
 """
 
@@ -42,6 +44,11 @@ class PrefillServicer(rpc.PrefillServiceServicer):
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
         rid = request.request_id
+        held = self.engine.held_kv_bytes()
+        if held >= self.config.max_held_kv_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"prefill worker {self.config.worker_id} holds {held} bytes of KV that no decode "
+                          f"worker has pulled yet (limit {self.config.max_held_kv_bytes}); retry later")
         outputs = self.loop.subscribe(rid)
         try:
             self.engine.add_request(rid, list(request.prompt_token_ids),
