@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -38,9 +35,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
+from benchmarks.baseline import hf_generate, hf_run, load_hf, prefix_match  # noqa: E402
+from benchmarks.machine import (QUIET, CpuMeter, cache_dir, contended, log, machine_info,  # noqa: E402
+                                measure_bandwidth, measure_matmul, parse_ints, speed_probe, wait_quiet)
+from benchmarks.roofline import CostModel, Result, apply_rooflines  # noqa: E402
 from services.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
-from services.engine.config import DTYPES, ModelConfig  # noqa: E402
-from services.engine.kv_cache import kv_bytes_per_token  # noqa: E402
+from services.engine.config import DTYPES  # noqa: E402
 
 USER_PROMPTS = [
     "Write a short story about a robot who learns to paint.",
@@ -65,212 +65,8 @@ LONG_TEXT = (
 
 
 # ----------------------------------------------------------------------------------------------
-# contention: how much CPU other processes (this machine may be shared) took while we measured
-# ----------------------------------------------------------------------------------------------
-class CpuMeter:
-    """Busy CPU-seconds of the whole machine (``/proc/stat``) minus this process's own CPU time.
-
-    ``other_cores`` is the average number of cores other processes kept busy during the interval;
-    anything well above 0 means the numbers measured in it are pessimistic.
-    """
-
-    def __init__(self):
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def _busy(self) -> float | None:
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return (sum(v[:8]) - idle) / self._tick
-
-    def __enter__(self) -> "CpuMeter":
-        self.wall0, self.cpu0, self.busy0 = time.perf_counter(), time.process_time(), self._busy()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.own_cores = (time.process_time() - self.cpu0) / self.wall
-        busy = self._busy()
-        self.other_cores = (float("nan") if busy is None or self.busy0 is None
-                            else max(0.0, (busy - self.busy0) / self.wall - self.own_cores))
-
-
-_QUIET = {"max_wait": 0.0, "threshold": 0.25, "waited": 0.0}
-
-
-def wait_quiet() -> None:
-    """Wait (up to ``--wait-quiet`` seconds) until other processes use < ``threshold`` cores."""
-    deadline = time.perf_counter() + _QUIET["max_wait"]
-    t0 = time.perf_counter()
-    while time.perf_counter() < deadline:
-        with CpuMeter() as m:
-            time.sleep(0.5)
-        if not m.other_cores >= _QUIET["threshold"]:  # also true when /proc/stat is unreadable
-            break
-    _QUIET["waited"] += time.perf_counter() - t0
-
-
-def contended(m) -> bool:
-    """True when a kept measurement (``Result`` or transformers dict) ran while others were busy."""
-    if m is None:
-        return False
-    other = m["other_cores"] if isinstance(m, dict) else m.other_cores
-    return other > _QUIET["threshold"]
-
-
-def speed_probe() -> float:
-    """fp32 GFLOP/s of a small all-threads matmul (~30 ms), taken next to each measurement.
-
-    On a shared VM the CPU time this process gets can change by 2x from minute to minute without
-    any other process being visible (``other_cores`` ~ 0); a low probe marks such a period.
-    """
-    wait_quiet()
-    a = torch.ones(1024, 1024)
-    b = torch.ones(1024, 1024)
-    return 2 * 1024 ** 3 / _best(lambda: torch.matmul(a, b), 3) / 1e9
-
-
-# ----------------------------------------------------------------------------------------------
-# machine limits
-# ----------------------------------------------------------------------------------------------
-def _best(fn, reps: int) -> float:
-    fn()  # warm-up (first touch, kernel selection)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def measure_matmul(dtype: torch.dtype, sizes=(2048, 3072, 4096), reps: int = 3) -> dict:
-    """Best GFLOP/s of square ``torch.matmul`` (2·n³ FLOPs) over a few sizes, all threads."""
-    g = torch.Generator().manual_seed(0)
-    rates = {}
-    for n in sizes:
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
-        out = torch.empty(n, n, dtype=dtype)
-        t = _best(lambda: torch.matmul(a, b, out=out), reps)
-        rates[n] = 2 * n ** 3 / t / 1e9
-    return {"gflops": max(rates.values()), "by_size": rates}
-
-
-def measure_bandwidth(mib: int = 512, reps: int = 5) -> dict:
-    """Memory bandwidth (GB/s, 1e9) over buffers far larger than the L3 cache.
-
-    ``copy`` counts bytes read + bytes written (2 × size; a write-allocate's extra read is not
-    counted, so this is a lower bound of the real traffic); ``sum`` counts bytes read; ``add``
-    (z = x + y) counts 2 reads + 1 write. The roofline uses the best of the three.
-    """
-    n = (mib << 20) // 4
-    x = torch.ones(n, dtype=torch.float32)
-    y = torch.ones(n, dtype=torch.float32)
-    z = torch.empty(n, dtype=torch.float32)
-    z.fill_(0)  # first touch outside the timed region
-    nbytes = n * 4
-    copy = 2 * nbytes / _best(lambda: z.copy_(x), reps) / 1e9
-    read = nbytes / _best(lambda: x.sum(), reps) / 1e9
-    add = 3 * nbytes / _best(lambda: torch.add(x, y, out=z), reps) / 1e9
-    return {"gbps": max(copy, read, add), "copy": copy, "sum": read, "add": add, "buffer_mib": mib}
-
-
-# ----------------------------------------------------------------------------------------------
-# model cost model (rooflines)
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class CostModel:
-    """FLOPs and bytes of one forward of the engine's model (SmolLM2-shaped Llama).
-
-    * ``layer_matmul_params`` = L · (h·(q + 2·kv) + q·h + 3·h·i)  (fused qkv, o, gate_up, down)
-    * ``head_params`` = V · h (the lm_head; applied only to rows that are sampled)
-    * attention FLOPs for one query row attending to ``c`` cached tokens = 4 · L · H · d · c
-      (Q·Kᵀ and P·V, 2 FLOPs per multiply-add each); a causal prompt of n tokens sums c = 1..n.
-    """
-
-    layer_matmul_params: int
-    head_params: int
-    attn_flops_per_ctx: int
-    weight_bytes: int          # every parameter once (tied embedding/lm_head counted once)
-    kv_bytes_per_token: int
-
-    @classmethod
-    def of(cls, mc: ModelConfig, model: torch.nn.Module, dtype: torch.dtype) -> "CostModel":
-        per_layer = (mc.hidden_size * (mc.q_size + 2 * mc.kv_size) + mc.q_size * mc.hidden_size
-                     + 3 * mc.hidden_size * mc.intermediate_size)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        return cls(layer_matmul_params=mc.num_layers * per_layer,
-                   head_params=mc.vocab_size * mc.hidden_size,
-                   attn_flops_per_ctx=4 * mc.num_layers * mc.num_heads * mc.head_dim,
-                   weight_bytes=weight_bytes,
-                   kv_bytes_per_token=kv_bytes_per_token(mc, dtype))
-
-    def decode_step_flops(self, batch: int, mean_ctx: float) -> float:
-        return batch * (2 * (self.layer_matmul_params + self.head_params)
-                        + self.attn_flops_per_ctx * mean_ctx)
-
-    def decode_step_bytes(self, batch: int, mean_ctx: float) -> float:
-        """Every weight read once per step + each sequence's KV read once (activations ignored)."""
-        return self.weight_bytes + batch * mean_ctx * self.kv_bytes_per_token
-
-    def prefill_flops(self, num_prompts: int, length: int) -> float:
-        return num_prompts * (2 * self.layer_matmul_params * length + 2 * self.head_params
-                              + self.attn_flops_per_ctx * length * (length + 1) / 2)
-
-
-def apply_rooflines(r: "Result", peak_flops: float, bw: float) -> None:
-    """Fill the roofline columns of ``r`` from its FLOPs/bytes and the machine's limits."""
-    tokens = r.batch if r.kind == "decode" else r.batch * r.extra["prompt_len"]
-    r.achieved_gflops = r.flops / r.seconds / 1e9
-    r.compute_roofline_tok_s = tokens * peak_flops / r.flops
-    r.pct_compute = 100 * r.tokens_per_s / r.compute_roofline_tok_s
-    if r.bytes:
-        r.bandwidth_roofline_tok_s = tokens * bw / r.bytes
-        r.pct_bandwidth = 100 * r.tokens_per_s / r.bandwidth_roofline_tok_s
-
-
-# ----------------------------------------------------------------------------------------------
 # engine runs
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    dtype: str
-    kind: str                    # "decode" or "prefill"
-    batch: int
-    tokens_per_s: float          # decode: B / median steady step; prefill: prompt tokens / best time
-    ms_per_step: float           # decode: median step; prefill: the whole prefill (best of reps)
-    ms_per_step_p90: float = 0.0
-    mean_tokens_per_s: float = 0.0  # decode: all timed tokens / all timed seconds (hurt by outliers)
-    other_cores: float = 0.0     # CPU cores other processes kept busy meanwhile (contention)
-    probe_gflops: float = 0.0    # speed_probe() right before this measurement
-    steps: int = 0
-    mean_ctx: float = 0.0
-    e2e_tokens_per_s: float = 0.0  # decode run incl. prefill and warm-up: B·max_tokens / wall time
-    flops: float = 0.0           # decode: per step; prefill: the whole prefill
-    bytes: float = 0.0           # decode: per step (weights + KV read)
-    seconds: float = 0.0         # the time ``flops`` took (median step / best prefill)
-    achieved_gflops: float = 0.0
-    compute_roofline_tok_s: float = 0.0
-    bandwidth_roofline_tok_s: float = 0.0
-    pct_compute: float = 0.0
-    pct_bandwidth: float = 0.0
-    hf_tokens_per_s: float | None = None      # transformers: B / median decode step (see hf_run)
-    hf_ms_per_step: float | None = None
-    hf_mean_tokens_per_s: float | None = None
-    hf_e2e_tokens_per_s: float | None = None  # transformers whole generate() rate
-    hf_other_cores: float | None = None
-    hf_probe_gflops: float | None = None
-    hf_match: str | None = None               # greedy tokens identical to transformers' output
-    extra: dict = field(default_factory=dict)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TANDEM_CACHE_DIR") or Path.home() / ".cache" / "tandem")
-
-
 def make_prompts(eng: LLMEngine) -> list[list[int]]:
     return [eng.chat_prompt(p) for p in USER_PROMPTS]
 
@@ -359,76 +155,6 @@ def run_prefill(eng: LLMEngine, num_prompts: int, length: int, reps: int, cost: 
 
 
 # ----------------------------------------------------------------------------------------------
-# transformers baseline
-# ----------------------------------------------------------------------------------------------
-def load_hf(model_dir: Path, dtype: torch.dtype):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-    try:
-        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-    except TypeError:  # transformers < 4.56 spells it torch_dtype
-        model = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype)
-    return model.eval()
-
-
-class _StepClock:
-    """A logits processor that only records when each step's logits arrive (one call per step)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
-
-
-def hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int,
-                clock: _StepClock | None = None) -> tuple[float, list[list[int]]]:
-    from transformers import LogitsProcessorList
-
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    t = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id,
-                             temperature=None, top_p=None, top_k=None,
-                             logits_processor=LogitsProcessorList([clock] if clock else []))
-    secs = time.perf_counter() - t
-    return secs, out[:, width:].tolist()
-
-
-def hf_run(model, prompts: list[list[int]], batch: int, new_tokens: int, pad_id: int,
-           warmup: int) -> dict:
-    """Whole-``generate`` rate (B·N / T_N) and steady decode steps timed like the engine's.
-
-    The interval between two consecutive logits-processor calls is one decode step (forward,
-    logits processing, greedy pick, bookkeeping), the same span as one ``LLMEngine.step``.
-    """
-    chosen = [prompts[i % len(prompts)] for i in range(batch)]
-    clock = _StepClock()
-    with CpuMeter() as meter:
-        tn, toks = hf_generate(model, chosen, new_tokens, pad_id, clock)
-    secs = [b - a for a, b in zip(clock.times, clock.times[1:])][warmup:]
-    return {"e2e": batch * new_tokens / tn, "decode": batch / statistics.median(secs),
-            "decode_mean": batch * len(secs) / sum(secs), "ms_per_step": 1e3 * statistics.median(secs),
-            "tn": tn, "tokens": toks, "other_cores": meter.other_cores}
-
-
-def prefix_match(a: list[list[int]], b: list[list[int]]) -> str:
-    """'k/n full, mean prefix p%': sequences identical, and the mean length of the common prefix."""
-    full, fracs = 0, []
-    for x, y in zip(a, b):
-        m = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
-        full += m == len(x) == len(y)
-        fracs.append(m / max(len(x), 1))
-    return f"{full}/{len(a)} full, mean prefix {100 * statistics.mean(fracs):.0f}%"
-
-
-# ----------------------------------------------------------------------------------------------
 # profile (optional)
 # ----------------------------------------------------------------------------------------------
 def profile_decode(eng: LLMEngine, prompts: list[list[int]], batch: int, steps: int = 8) -> str:
@@ -451,47 +177,6 @@ def profile_decode(eng: LLMEngine, prompts: list[list[int]], batch: int, steps: 
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            k, _, v = line.partition(":")
-            if k.strip() in ("Model name", "Core(s) per socket", "Thread(s) per core", "L3 cache",
-                             "Flags"):
-                v = v.strip()
-                if k.strip() == "Flags":
-                    v = " ".join(f for f in v.split() if f.startswith(("avx512_bf16", "amx", "avx512f")))
-                info[k.strip()] = v
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        import transformers
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    try:
-        root = Path(__file__).resolve().parents[1]
-        git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True,  # noqa: E731
-                                        timeout=10).stdout.strip()
-        commit = git("rev-parse", "--short", "HEAD")
-        if commit:
-            dirty = git("status", "--porcelain", "--", "services/engine")
-            info["commit"] = commit + (" (services/engine modified)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def parse_ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -529,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _QUIET["max_wait"] = args.wait_quiet
+    QUIET["max_wait"] = args.wait_quiet
     dtypes = [d for d in args.dtypes.split(",") if d]
     for d in dtypes:
         if d not in DTYPES:
@@ -705,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 else f"prefill {r.batch}×{r.extra.get('prompt_len', args.prefill_len)}")
         pct_bw = f"{r.pct_bandwidth:.0f}%" if r.bytes and r.bandwidth_roofline_tok_s else "–"
         pct_c = f"{r.pct_compute:.1f}%" if r.compute_roofline_tok_s else "–"
-        warn = " ⚠" if contended(r) or (r.hf_other_cores or 0) > _QUIET["threshold"] else ""
+        warn = " ⚠" if contended(r) or (r.hf_other_cores or 0) > QUIET["threshold"] else ""
         if r.hf_tokens_per_s:
             hfcol = f"{r.hf_tokens_per_s:.1f} | {r.hf_ms_per_step:.1f}"
             ratio = (f"{r.tokens_per_s / r.hf_tokens_per_s:.2f}× / "
@@ -717,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"| {r.dtype} | {work}{warn} | {r.tokens_per_s:.1f} | {r.ms_per_step:.1f} | {r.achieved_gflops:.1f} | "
             f"{pct_c} | {pct_bw} | {hfcol} | {ratio} | {load} | {probe} |")
 
-    if any(contended(r) or (r.hf_other_cores or 0) > _QUIET["threshold"] for r in results):
-        log(f"\n⚠ = other processes kept > {_QUIET['threshold']} cores busy during the kept run "
+    if any(contended(r) or (r.hf_other_cores or 0) > QUIET["threshold"] for r in results):
+        log(f"\n⚠ = other processes kept > {QUIET['threshold']} cores busy during the kept run "
             "(even after retries): that row's numbers are pessimistic and noisy.")
 
     # bf16 vs fp32: do the engine's greedy tokens agree with the fp32 reference?
@@ -753,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {dtype}: batch-32 engine/transformers on one static batch of equal prompts and answer "
                 f"lengths: {ratio:.2f}x steady decode, {ratio_e2e:.2f}x whole run (the >= 3x aggregate "
                 f"throughput goal is measured on a mixed workload: python -m benchmarks.throughput)"
-                + (noisy if contended(d32) or (d32.hf_other_cores or 0) > _QUIET["threshold"] else ""))
+                + (noisy if contended(d32) or (d32.hf_other_cores or 0) > QUIET["threshold"] else ""))
     hf32 = next((r for r in results if r.kind == "decode" and r.batch == 32 and r.hf_tokens_per_s
                  and DTYPES[r.dtype] is torch.float32), None)
     for dtype in dtypes:
@@ -763,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{d32.tokens_per_s / hf32.hf_tokens_per_s:.2f}x steady decode, "
                 f"{d32.e2e_tokens_per_s / hf32.hf_e2e_tokens_per_s:.2f}x whole run")
     log(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s "
-        f"({_QUIET['waited']:.0f}s of it waiting for other processes to go quiet)")
+        f"({QUIET['waited']:.0f}s of it waiting for other processes to go quiet)")
 
     if args.json:
         args.json.write_text(json.dumps({

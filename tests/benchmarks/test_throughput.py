@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.engine import load_hf
+from benchmarks.baseline import load_hf
 from benchmarks.throughput import make_workload, run_engine, run_transformers, summarize
 from services.engine.config import DTYPES
 
