@@ -117,7 +117,8 @@ def worker_command(args: argparse.Namespace) -> int:
     s = Settings.from_env()
     config = WorkerConfig(role=args.command, engine=engine_config(args), host=args.host, port=args.port,
                           advertise_host=args.advertise_host, redis_url=s.redis_url,
-                          worker_id=args.worker_id, kv_timeout_s=args.kv_timeout, test_hooks=s.test_hooks)
+                          worker_id=args.worker_id, kv_timeout_s=args.kv_timeout, test_hooks=s.test_hooks,
+                          max_held_kv_bytes=int(s.held_kv_gb * (1 << 30)))
     if args.command == "prefill":
         from services.prefill.main import serve
 

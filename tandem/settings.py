@@ -7,6 +7,7 @@
 | TANDEM_DTYPE          | float32 / bfloat16 / float16                    | float32            |
 | TANDEM_DEVICE         | cpu / cuda / cuda:N                             | cpu                |
 | TANDEM_KV_CACHE_GB    | paged KV cache size in GiB                      | 2                  |
+| TANDEM_HELD_KV_GB     | prefill worker: unpulled prompt KV it may hold (GiB) before refusing new prompts | 1 |
 | TANDEM_NUM_THREADS    | torch intra-op threads (0 = torch's default)    | 0                  |
 | TANDEM_REDIS_URL      | Redis for the registry and state; unset: `tandem up` starts one | (embedded) |
 | TANDEM_DATA_DIR       | where `tandem up` keeps its Redis data (AOF)    | ./.tandem          |
@@ -29,6 +30,7 @@ class Settings:
     dtype: str
     device: str
     kv_cache_gb: float
+    held_kv_gb: float
     num_threads: int
     redis_url: str
     data_dir: Path
@@ -45,6 +47,7 @@ class Settings:
             dtype=env.get("TANDEM_DTYPE", "float32"),
             device=env.get("TANDEM_DEVICE", "cpu"),
             kv_cache_gb=float(env.get("TANDEM_KV_CACHE_GB", "2")),
+            held_kv_gb=float(env.get("TANDEM_HELD_KV_GB", "1")),
             num_threads=int(env.get("TANDEM_NUM_THREADS", "0")),
             redis_url=env.get("TANDEM_REDIS_URL", ""),
             data_dir=Path(env.get("TANDEM_DATA_DIR") or ".tandem"),

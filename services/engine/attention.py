@@ -37,7 +37,7 @@ class DecodeGroup:
     end: int
     blocks: torch.Tensor                # [n, blocks] KV blocks each query reads, in order (padded)
     mask: torch.Tensor | None           # [n, 1, 1, blocks * block_size] True where the slot is real;
-                                        # None when every slot is
+                                        # None when every slot is real
 
 
 @dataclass(frozen=True)
