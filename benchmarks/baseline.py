@@ -36,18 +36,25 @@ class _StepClock:
 
 
 def hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int,
-                clock: _StepClock | None = None) -> tuple[float, list[list[int]]]:
+                clock: _StepClock | None = None, eos_ids: list[int] | None = None
+                ) -> tuple[float, list[list[int]]]:
+    """Greedy ``generate`` on the left-padded ``prompts``: (seconds, each row's new tokens).
+
+    Exactly ``new_tokens`` per row; with ``eos_ids``, up to ``new_tokens``, until every row has
+    produced one of them (rows that ended earlier carry padding after it).
+    """
     from transformers import LogitsProcessorList
 
+    stop = {"eos_token_id": eos_ids} if eos_ids else {"min_new_tokens": new_tokens}
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     t = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id,
-                             temperature=None, top_p=None, top_k=None,
-                             logits_processor=LogitsProcessorList([clock] if clock else []))
+                             do_sample=False, pad_token_id=pad_id, temperature=None, top_p=None,
+                             top_k=None, logits_processor=LogitsProcessorList([clock] if clock else []),
+                             **stop)
     secs = time.perf_counter() - t
     return secs, out[:, width:].tolist()
 

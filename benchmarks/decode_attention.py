@@ -20,9 +20,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from services.engine.attention import gather_blocks  # noqa: E402
+from services.engine.attention import DecodeGroup, decode_group, gather_blocks  # noqa: E402
 
 BS, KVH, D, G, SLOTS, SCALE = 16, 3, 64, 3, 65536, 0.125
 
@@ -36,10 +35,8 @@ def make(n: int, ctx: int, gen: torch.Generator):
 
 
 def engine_sdpa(kc, vc, q, blocks, mask):
-    n = q.shape[0]
-    k = gather_blocks(kc, blocks, BS).transpose(1, 2)
-    v = gather_blocks(vc, blocks, BS).transpose(1, 2)
-    return F.scaled_dot_product_attention(q.view(n, KVH, G, D), k, v, attn_mask=mask, scale=SCALE).reshape(n, -1, D)
+    """The engine's own decode attention (``services.engine.attention.decode_group``)."""
+    return decode_group(q, kc, vc, DecodeGroup(0, q.shape[0], blocks, mask), BS, SCALE)
 
 
 def matmul_same_layout(kc, vc, q, blocks, mask):

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
-from benchmarks.baseline import load_hf, prefix_match  # noqa: E402
+from benchmarks.baseline import hf_generate, load_hf, prefix_match  # noqa: E402
 from benchmarks.engine import LONG_TEXT, USER_PROMPTS  # noqa: E402
 from benchmarks.machine import (CpuMeter, cache_dir, log, machine_info, measure_bandwidth,  # noqa: E402
                                 measure_matmul)
@@ -106,14 +106,7 @@ def run_transformers(model, prompts: list[list[int]], batch: int, max_tokens: in
         t0 = time.perf_counter()
         for b in range(0, len(prompts), batch):
             chunk = prompts[b:b + batch]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            with torch.inference_mode():
-                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
-                                     do_sample=False, pad_token_id=pad_id, eos_token_id=eos_ids,
-                                     temperature=None, top_p=None, top_k=None)
-            new = gen[:, width:].tolist()
+            _, new = hf_generate(model, chunk, max_tokens, pad_id, eos_ids=eos_ids)
             steps += len(new[0])
             rows += len(chunk) * (len(new[0]) - 1)   # the first token comes from the prefill pass
             for row in new:

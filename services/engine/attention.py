@@ -58,7 +58,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     v_cache.index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
     for g in meta.decode_groups:
-        out[g.start:g.end] = _decode(q[g.start:g.end], k_cache, v_cache, g, meta.block_size, scale)
+        out[g.start:g.end] = decode_group(q[g.start:g.end], k_cache, v_cache, g, meta.block_size, scale)
     for span in meta.prefills:
         sl = slice(span.start, span.start + span.length)
         out[sl] = _prefill(q[sl], k[sl], v[sl], k_cache, v_cache, span, scale)
@@ -85,7 +85,8 @@ def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) ->
     return by_block.index_select(0, blocks.reshape(-1)).view(n, nb * block_size, *cache.shape[1:])
 
 
-def _decode(q, k_cache, v_cache, group: DecodeGroup, block_size: int, scale: float) -> torch.Tensor:
+def decode_group(q, k_cache, v_cache, group: DecodeGroup, block_size: int, scale: float) -> torch.Tensor:
+    """Attention of one decode group's queries ``q: [n, H, D]`` over their cached contexts."""
     # Grouped-query trick: the G query heads sharing a KV head act as G query rows against it.
     d, h, hd = q.shape
     kvh = k_cache.shape[1]

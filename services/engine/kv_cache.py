@@ -29,10 +29,13 @@ class KVCache:
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.kv[index, 0], self.kv[index, 1]
 
+    def slot_ids(self, block_table: list[int], start: int, end: int) -> list[int]:
+        """Cache slots of token positions ``[start, end)`` of a sequence with ``block_table``."""
+        bs = self.block_size
+        return [block_table[p // bs] * bs + p % bs for p in range(start, end)]
+
     def slots_for(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
-        pos = torch.arange(start, end)
-        table = torch.tensor(block_table, dtype=torch.long)
-        return (table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.kv.device)
+        return torch.tensor(self.slot_ids(block_table, start, end), device=self.kv.device)
 
     def export(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
         """A contiguous copy of the first ``num_tokens`` tokens' KV: ``[L, 2, n, kv_heads, head_dim]``."""

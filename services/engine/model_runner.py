@@ -43,12 +43,10 @@ class ModelRunner:
         prefill = [s for s in batch.scheduled if s.num_tokens > 1]
         ordered = decode + prefill
         ids, positions, slots = [], [], []
-        bs = self.cache.block_size
         for s in ordered:
             ids += s.seq.token_at(s.start, s.start + s.num_tokens)
             positions += range(s.start, s.start + s.num_tokens)
-            table = s.seq.block_table
-            slots += [table[p // bs] * bs + p % bs for p in range(s.start, s.start + s.num_tokens)]
+            slots += self.cache.slot_ids(s.seq.block_table, s.start, s.start + s.num_tokens)
         meta = self._metadata(decode, prefill, torch.tensor(slots, device=self.device))
         hidden = self.model(torch.tensor(ids, device=self.device),
                             torch.tensor(positions, device=self.device), self.cache, meta)
