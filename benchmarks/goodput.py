@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+from tandem.bench.config import SLO
 
-def meets(r: dict, slo: dict[str, float]) -> bool:
-    if not r["success"]:
-        return False
-    return all(r.get(k) is None or r[k] <= bound for k, bound in slo.items())
+
+def meets(r: dict, slo: SLO) -> bool:
+    """``tandem.bench.metrics.meets`` on a request as the result JSON stores it (its ttft, tpot
+    and e2e already computed; tpot is None for a one-token output)."""
+    return r["success"] and all(bound is None or r[name] is None or r[name] <= bound
+                                for name, bound in asdict(slo).items())
 
 
 def main() -> None:
@@ -25,7 +29,10 @@ def main() -> None:
     p.add_argument("folder")
     p.add_argument("--slo", action="append", required=True, help="e.g. tpot=0.1,ttft=5 (seconds)")
     args = p.parse_args()
-    slos = [{k: float(v) for k, v in (kv.split("=") for kv in s.split(","))} for s in args.slo]
+    try:
+        slos = [SLO.parse(s) for s in args.slo]   # unknown names and bounds <= 0 are refused
+    except ValueError as e:
+        p.error(str(e))
     print("| point | deployment | req/s | " + " | ".join(f"goodput {s}" for s in args.slo) + " |")
     print("|---|---|---:|" + "---:|" * len(slos))
     for path in sorted(Path(args.folder).glob("*/*-r*.json"), key=lambda q: (float(q.parent.name.split("=")[-1])

@@ -13,37 +13,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
+import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from benchmarks.serving_experiments import Deployment, running
 
 MODEL = "SmolLM2-135M-Instruct"
 STREAMS = ["--dataset", "random", "--input-len", "32", "--output-len", "160", "--concurrency", "4",
-           "--num-requests", "8", "--warmup", "0"]
+           "--num-requests", "8"]
 PROMPTS = ["--dataset", "random", "--input-len", "1500", "--output-len", "2", "--request-rate", "0.5",
-           "--num-requests", "8", "--warmup", "0", "--seed", "7"]
+           "--num-requests", "8", "--seed", "7"]
 
 
-def start(mode: str, port: int, data: Path) -> subprocess.Popen:
-    env = dict(os.environ, TANDEM_DATA_DIR=str(data), TANDEM_KV_CACHE_GB="0.5")
-    env.pop("TANDEM_REDIS_URL", None)
-    args = [sys.executable, "-m", "tandem.cli", "up", "--port", str(port)] + (["--colocated"] if mode == "colocated" else [])
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError(f"{mode} deployment not ready")
+def deployment(mode: str, port: int, data: Path) -> Deployment:
+    """``tandem up`` (or ``--colocated``) with its own embedded Redis under ``data``."""
+    command = (f"env -u TANDEM_REDIS_URL TANDEM_DATA_DIR={shlex.quote(str(data))} TANDEM_KV_CACHE_GB=0.5 "
+               f"{shlex.quote(sys.executable)} -m tandem.cli up --port {port}"
+               + (" --colocated" if mode == "colocated" else ""))
+    return Deployment(mode, f"http://127.0.0.1:{port}/v1", command)
 
 
 def bench(port: int, args: list[str], out: Path) -> subprocess.Popen:
@@ -59,8 +48,7 @@ def summary(path: Path) -> dict:
 
 
 def run_mode(mode: str, port: int, out: Path, tag: str) -> dict:
-    proc = start(mode, port, out / f"data-{mode}")
-    try:
+    with running(deployment(mode, port, out / f"data-{mode}"), 300, out / f"{mode}.log"):
         bench(port, ["--output-len", "4", "--num-requests", "2", "--dataset", "random", "--input-len", "16"],
               out / f"{tag}-{mode}-warm.json").wait()
         alone = out / f"{tag}-{mode}-alone.json"
@@ -69,9 +57,6 @@ def run_mode(mode: str, port: int, out: Path, tag: str) -> dict:
         a, b = bench(port, STREAMS, mixed), bench(port, PROMPTS, prompts)
         a.wait(), b.wait()
         return {"alone": summary(alone), "with_long_prompts": summary(mixed), "long_prompts": summary(prompts)}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
 
 
 def main() -> None:

@@ -13,28 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import httpx
-import torch
+import numpy as np
 
-WORDS = ("time people way year work world life hand part child eye woman place case week company system "
-         "program question government number night point home water room mother area money story fact").split()
-
-
-def memory_bandwidth_gbps(mib: int = 512, repeats: int = 5) -> float:
-    src = torch.ones(mib << 18)          # float32: mib MiB
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best / 1e9
+from benchmarks.machine import measure_bandwidth
+from tandem.bench.workload import random_words
 
 
 def measure(client: httpx.Client, model: str, words: int, repeats: int) -> dict:
-    text = " ".join(WORDS[i % len(WORDS)] for i in range(words))
+    text = random_words(words, np.random.default_rng(words))
     rows = []
     for _ in range(repeats):
         r = client.post("/chat/completions", json={"model": model, "max_tokens": 2, "temperature": 0,
@@ -60,7 +48,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default="")
     args = p.parse_args()
-    bandwidth = memory_bandwidth_gbps()
+    bandwidth = measure_bandwidth()["copy"]
     with httpx.Client(base_url=args.base_url, timeout=300) as client:
         measure(client, args.model, 16, 1)                                   # warm-up, pairing
         rows = [measure(client, args.model, int(n), args.repeats) for n in args.lengths.split(",")]

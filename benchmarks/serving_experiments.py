@@ -122,9 +122,9 @@ class running:
     def __enter__(self) -> None:
         if self.dep.command != "-":
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(shlex.split(self.dep.command), stdout=log, stderr=log,
-                                         start_new_session=True)
+            with open(self.log_path, "ab") as log:   # the child keeps its own copy of the fd
+                self.proc = subprocess.Popen(shlex.split(self.dep.command), stdout=log, stderr=log,
+                                             start_new_session=True)
         try:
             wait_ready(self.dep.url, self.timeout, self.proc)
         except BaseException:

@@ -8,9 +8,10 @@ from gateway.workers import WorkerBackend
 from tandem.settings import Settings
 
 
-def build_app(redis_url: str, model: str = "", response_ttl_seconds: int | None = None):
+def build_app(redis_url: str, model: str = ""):
     """The gateway app: tokenizer and model name from ``model``; workers from the registry at
-    ``redis_url``, and stored responses in the same Redis (records live ``response_ttl_seconds``)."""
+    ``redis_url``, and stored responses in the same Redis (they live
+    ``TANDEM_RESPONSE_TTL_SECONDS``)."""
     import redis
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
@@ -33,6 +34,6 @@ def build_app(redis_url: str, model: str = "", response_ttl_seconds: int | None 
                                         retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
     gateway_settings = GatewaySettings(served_model_name=name,
                                        full_text_enabled_default=settings.full_text_default,
-                                       response_ttl_seconds=response_ttl_seconds or settings.response_ttl_seconds)
+                                       response_ttl_seconds=settings.response_ttl_seconds)
     store = ResponseStore(store_client, ttl_seconds=gateway_settings.response_ttl_seconds)
     return create_app(backend, gateway_settings, store)

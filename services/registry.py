@@ -6,7 +6,7 @@ Rules:
   test: a key that exists is a live worker; a worker that stops beating vanishes within the TTL.
 - A worker owns its key: its ``Heartbeat`` republishes every ``ttl / 3`` seconds (two beats may be
   missed before it expires) and deletes the key on a clean stop. The gateway only reads
-  (``live``, ``pick``). A worker id belongs to one role.
+  (``live``; ``least_loaded`` chooses among them). A worker id belongs to one role.
 - ``publish`` stamps ``updated_at`` with the publisher's wall clock; it is informational only.
 - Readers skip, and log, entries they cannot parse, so one bad worker cannot stop routing. Unknown
   JSON fields are ignored so that newer workers may add fields; missing ones are an error.
@@ -92,7 +92,7 @@ class WorkerInfo:
 
 
 class WorkerRegistry:
-    """Live workers in Redis: workers ``publish`` and ``remove``; the gateway calls ``live``/``pick``."""
+    """Live workers in Redis: workers ``publish`` and ``remove``; the gateway calls ``live`` once per request."""
 
     def __init__(self, client: redis.Redis, namespace: str = "tandem", ttl_seconds: float = 5.0) -> None:
         if not _NAME.fullmatch(namespace):
@@ -122,13 +122,6 @@ class WorkerRegistry:
         values = self._client.mget(keys)  # a key that expired since the SCAN reads as None
         workers = [_parse(key, value) for key, value in zip(keys, values) if value is not None]
         return sorted((w for w in workers if w is not None), key=lambda w: w.worker_id)
-
-    def pick(self, role: str) -> WorkerInfo | None:
-        """The least loaded live worker of ``role`` (random among ties), or None if there is none.
-
-        A full worker is still returned: workers queue requests; the caller decides what is too busy.
-        """
-        return least_loaded(self.live(_check_role(role)))
 
     def _key(self, role: str, worker_id: str) -> str:
         return f"{self._namespace}:worker:{role}:{worker_id}"

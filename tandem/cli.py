@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         w.add_argument("--port", type=int, default=0, help="gRPC port (0 = any free port)")
         w.add_argument("--advertise-host", default="", help="address others dial (default: --host)")
         w.add_argument("--worker-id", default="")
-        w.add_argument("--kv-timeout", type=float, default=30.0, help="seconds for KV pairing and transfers")
         w.add_argument("--max-num-seqs", type=int, default=64)
-        if role != "prefill":
+        if role != "colocated":   # a colocated worker moves no KV
+            w.add_argument("--kv-timeout", type=float, default=30.0, help="seconds for KV pairing and transfers")
+        if role == "decode":
             w.add_argument("--kv-port", type=int, default=0, help="torch.distributed store port (0 = any)")
         _add_engine_args(w)
 
@@ -117,7 +118,7 @@ def worker_command(args: argparse.Namespace) -> int:
     s = Settings.from_env()
     config = WorkerConfig(role=args.command, engine=engine_config(args), host=args.host, port=args.port,
                           advertise_host=args.advertise_host, redis_url=s.redis_url,
-                          worker_id=args.worker_id, kv_timeout_s=args.kv_timeout, test_hooks=s.test_hooks,
+                          worker_id=args.worker_id, kv_timeout_s=getattr(args, "kv_timeout", 30.0), test_hooks=s.test_hooks,
                           max_held_kv_bytes=int(s.held_kv_gb * (1 << 30)))
     if args.command == "prefill":
         from services.prefill.main import serve
@@ -126,7 +127,7 @@ def worker_command(args: argparse.Namespace) -> int:
     else:  # decode, or colocated (a decode worker that also prefills)
         from services.decode.main import serve
 
-        serve(config, s.cache_dir, kv_port=args.kv_port)
+        serve(config, s.cache_dir, kv_port=getattr(args, "kv_port", 0))
     return 0
 
 

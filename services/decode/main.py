@@ -19,23 +19,27 @@ log = logging.getLogger(__name__)
 def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> None:
     engine = LLMEngine(config.engine, cache_dir)
     loop = EngineLoop(engine).start()
-    store = KvStoreServer(config.host, kv_port)
-    puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s)
+    store = puller = None
+    if config.role == "decode":   # a colocated worker prefills itself: no KV comes in
+        store = KvStoreServer(config.host, kv_port)
+        puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s)
     servicer = DecodeServicer(loop, config, puller)
     server, port = grpc_server(config)
     rpc.add_DecodeServiceServicer_to_server(servicer, server)
     server.start()
     address = f"{config.dial_host}:{port}"
-    heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None),
-                                   extra={"kv_store": f"{config.dial_host}:{store.port}"})
-    log.info("%s worker %s serving on %s (KV store on port %d)", config.role, config.worker_id, address, store.port)
+    extra = {"kv_store": f"{config.dial_host}:{store.port}"} if store else {}
+    heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None), extra=extra)
+    log.info("%s worker %s serving on %s%s", config.role, config.worker_id, address,
+             f" (KV store on port {store.port})" if store else "")
     print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address}", flush=True)
 
     def stop():
         if heartbeat:
             heartbeat.stop()
         loop.stop()
-        puller.close()
-        store.close()
+        if puller:
+            puller.close()
+            store.close()
 
     run_until_signal(server, stop)

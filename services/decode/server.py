@@ -43,7 +43,8 @@ class RequestFailed(Exception):
 
 
 class DecodeServicer(rpc.DecodeServiceServicer):
-    def __init__(self, loop: EngineLoop, config: WorkerConfig, puller: KvPuller):
+    def __init__(self, loop: EngineLoop, config: WorkerConfig, puller: KvPuller | None):
+        """``puller`` None: a colocated worker, which prefills itself and pulls no KV."""
         self.loop = loop
         self.engine = loop.engine
         self.config = config
@@ -60,6 +61,9 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         except InvalidRequestError as e:
             abort_invalid(context, e)
         if self.config.role == "colocated":
+            if request.prefill_address:
+                abort_invalid(context, InvalidRequestError(
+                    "prefill_address", "a colocated worker prefills itself; prefill_address must be empty"))
             prefill = None
         elif not request.prefill_address:
             abort_invalid(context, InvalidRequestError("prefill_address", "a decode worker needs a prefill worker"))

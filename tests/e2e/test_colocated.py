@@ -29,3 +29,23 @@ def test_colocated_serves_the_same_greedy_answer_without_kv_handoff(colocated, s
     assert len(r.usage.model_extra["decode_time_arr"]) == r.usage.completion_tokens - 1
     pd = stack.client().chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
     assert r.choices[0].message.content == pd.choices[0].message.content
+
+
+def test_colocated_worker_refuses_a_prefill_address_and_hosts_no_kv_store(colocated):
+    import grpc
+
+    from protos.tandem.v1 import worker_pb2 as pb
+    from protos.tandem.v1 import worker_pb2_grpc as rpc
+    from services import wire
+    from services.engine import SamplingParams
+
+    [worker] = colocated.registry().live()
+    assert worker.kv_store == ""
+    with grpc.insecure_channel(worker.address) as channel:
+        call = rpc.DecodeServiceStub(channel).Generate(pb.GenerateRequest(
+            request_id="colocated-bad", prompt_token_ids=[1, 2, 3], prefill_address="127.0.0.1:1",
+            sampling=wire.sampling_to_proto(SamplingParams(max_tokens=4, temperature=0))), timeout=30)
+        with pytest.raises(grpc.RpcError) as e:
+            list(call)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(e.value.trailing_metadata())[wire.PARAM_KEY] == "prefill_address"

@@ -4,7 +4,7 @@ import time
 import pytest
 import redis
 
-from services.registry import Heartbeat, WorkerInfo, WorkerRegistry
+from services.registry import Heartbeat, WorkerInfo, WorkerRegistry, least_loaded
 from tandem.redis_server import EmbeddedRedis
 
 
@@ -71,7 +71,7 @@ def test_entries_expire_after_the_ttl(client):
     registry.publish(worker("d0"))
     assert len(registry.live()) == 1
     time.sleep(0.6)
-    assert registry.live() == [] and registry.pick("decode") is None
+    assert registry.live() == [] and least_loaded(registry.live("decode")) is None
 
 
 def test_remove(client):
@@ -89,22 +89,22 @@ def test_namespaces_do_not_see_each_other(client):
     assert b.live() == [] and len(a.live()) == 1
 
 
-def test_pick_chooses_the_least_loaded(client):
+def test_least_loaded_chooses_the_least_loaded_live_worker_of_a_role(client):
     registry = WorkerRegistry(client)
     registry.publish(worker("busy", running=8, waiting=3))
     registry.publish(worker("full-kv", running=1, free=0))
     registry.publish(worker("idle", running=1, free=90))
     registry.publish(worker("p0", role="prefill"))  # idler, but another role
-    assert registry.pick("decode").worker_id == "idle"
-    assert registry.pick("colocated") is None
+    assert least_loaded(registry.live("decode")).worker_id == "idle"
+    assert least_loaded(registry.live("colocated")) is None
 
 
-def test_pick_breaks_ties_randomly(client):
+def test_least_loaded_breaks_ties_randomly(client):
     registry = WorkerRegistry(client)
     for worker_id in ("d0", "d1", "d2"):
         registry.publish(worker(worker_id, running=2))
     registry.publish(worker("d3", running=3))
-    picked = {registry.pick("decode").worker_id for _ in range(60)}
+    picked = {least_loaded(registry.live("decode")).worker_id for _ in range(60)}
     assert picked == {"d0", "d1", "d2"}
 
 
