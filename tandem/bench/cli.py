@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load = parser.add_argument_group("load")
     load.add_argument("--request-rate", type=float, default=math.inf,
                       help="open-loop arrivals per second (default inf: all at once)")
-    load.add_argument("--burstiness", type=float, default=1.0,
-                      help="gamma shape of the arrival gaps (1: Poisson; <1 burstier)")
+    load.add_argument("--burstiness", type=float, default=None,
+                      help="gamma shape of the arrival gaps (default 1: Poisson; <1 burstier); "
+                           "needs a finite --request-rate")
     load.add_argument("--concurrency", type=int, default=None,
                       help="max requests in flight; alone, a closed loop of N users")
     load.add_argument("--num-requests", type=int, default=None, help="measured requests (default 100)")
@@ -54,10 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     work = parser.add_argument_group("workload")
     work.add_argument("--dataset", choices=DATASETS, default="random")
-    work.add_argument("--input-len", type=int, default=256, help="random: prompt text tokens (approx.)")
+    work.add_argument("--input-len", type=int, default=None,
+                      help="random: prompt text tokens (approx., default 256)")
     work.add_argument("--output-len", type=int, default=128, help="max_tokens")
-    work.add_argument("--range-ratio", type=float, default=0.0,
-                      help="random: lengths uniform in [len*(1-r), len*(1+r)]")
+    work.add_argument("--range-ratio", type=float, default=None,
+                      help="random: lengths uniform in [len*(1-r), len*(1+r)] (default 0)")
     work.add_argument("--dataset-path", type=Path, default=None,
                       help='chat: a JSONL file of {"prompt": ...} (default: the shipped set)')
     work.add_argument("--no-calibrate", action="store_true",
@@ -71,15 +73,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+RANDOM_ONLY = {"input_len": "--input-len", "range_ratio": "--range-ratio", "no_calibrate": "--no-calibrate"}
+
+
 def build_config(args: argparse.Namespace) -> BenchConfig:
-    """The run's config from parsed arguments (``ValueError`` on a bad combination)."""
+    """The run's config from parsed arguments (``ValueError`` on a bad combination, including a
+    flag that the chosen options would ignore)."""
+    if args.dataset != "random":
+        given = [flag for name, flag in RANDOM_ONLY.items() if getattr(args, name) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --dataset random")
+    if args.burstiness is not None and math.isinf(args.request_rate):
+        raise ValueError("--burstiness shapes arrival gaps: it needs a finite --request-rate")
+    if args.plot_dir is not None and args.no_plots:
+        raise ValueError("--plot-dir and --no-plots contradict each other")
     given = args.num_requests is not None or args.duration is not None
     num_requests = args.num_requests if given else 100
-    load = LoadConfig(request_rate=args.request_rate, burstiness=args.burstiness,
+    load = LoadConfig(request_rate=args.request_rate,
+                      burstiness=1.0 if args.burstiness is None else args.burstiness,
                       concurrency=args.concurrency, num_requests=num_requests, duration=args.duration,
                       warmup=args.warmup)
-    workload = WorkloadConfig(dataset=args.dataset, input_len=args.input_len, output_len=args.output_len,
-                              range_ratio=args.range_ratio, dataset_path=args.dataset_path,
+    workload = WorkloadConfig(dataset=args.dataset, input_len=256 if args.input_len is None else args.input_len, output_len=args.output_len,
+                              range_ratio=args.range_ratio or 0.0, dataset_path=args.dataset_path,
                               calibrate=not args.no_calibrate)
     ignore_eos = args.dataset == "random" if args.ignore_eos is None else args.ignore_eos
     result_json = args.result_json or RESULTS_DIR / f"{_run_name(args)}.json"

@@ -67,3 +67,21 @@ def test_a_dead_server_fails_every_request_without_crashing(tmp_path, capsys):
     assert all("ConnectError" in r["error"] for r in d["requests"])
     assert d["calibration"]["measured"] is False
     assert (tmp_path / "r" / "latency_cdf.png").exists()
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--dataset", "chat", "--input-len", "64"], "--input-len"),
+    (["--dataset", "chat", "--range-ratio", "0.5"], "--range-ratio"),
+    (["--dataset", "chat", "--no-calibrate"], "--no-calibrate"),
+    (["--burstiness", "0.5"], "--burstiness"),                      # infinite rate: no gaps to shape
+    (["--no-plots", "--plot-dir", "p"], "--plot-dir"),
+])
+def test_a_flag_the_run_would_ignore_is_refused(argv, named):
+    with pytest.raises(ValueError, match=named):
+        parse(*argv)
+
+
+def test_random_only_defaults_still_apply():
+    c = parse("--input-len", "64", "--range-ratio", "0.25")
+    assert (c.workload.input_len, c.workload.range_ratio, c.load.burstiness) == (64, 0.25, 1.0)
+    assert parse().workload.input_len == 256
