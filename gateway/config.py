@@ -12,16 +12,14 @@ class GatewaySettings:
     ``served_model_name`` is the one ``model`` value requests may name (and what ``/v1/models``
     lists). ``full_text_enabled_default`` is the MindIE-style ``fullTextEnabled`` used when a request
     does not set it. ``request_timeout_s`` bounds a generation from arrival to its last token;
-    ``ready_timeout_s`` bounds one readiness check of the backend. ``response_ttl_seconds`` is how
-    long a stored response (with its input items and event log) lives in Redis: 30 days by default,
-    as in OpenAI; updating a record keeps its remaining time.
+    ``ready_timeout_s`` bounds one readiness check of the backend. How long stored responses live
+    is the ``ResponseStore``'s ``ttl_seconds`` (``TANDEM_RESPONSE_TTL_SECONDS``).
     """
 
     served_model_name: str
     full_text_enabled_default: bool = False
     request_timeout_s: float = 600.0
     ready_timeout_s: float = 5.0
-    response_ttl_seconds: int = 30 * 86400
 
     def __post_init__(self) -> None:
         if not self.served_model_name:
@@ -30,6 +28,3 @@ class GatewaySettings:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         if not self.ready_timeout_s > 0:
             raise ValueError(f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
-        ttl = self.response_ttl_seconds
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
-            raise ValueError(f"response_ttl_seconds must be a positive int, got {ttl!r}")

@@ -33,7 +33,6 @@ def build_app(redis_url: str, model: str = ""):
     store_client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2,
                                         retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
     gateway_settings = GatewaySettings(served_model_name=name,
-                                       full_text_enabled_default=settings.full_text_default,
-                                       response_ttl_seconds=settings.response_ttl_seconds)
-    store = ResponseStore(store_client, ttl_seconds=gateway_settings.response_ttl_seconds)
+                                       full_text_enabled_default=settings.full_text_default)
+    store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
     return create_app(backend, gateway_settings, store)

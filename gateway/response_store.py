@@ -149,6 +149,14 @@ class ResponseStore:
             raise ValueError(f"{response_id}: sequence_number {seq} is not after the last stored "
                              f"event") from exc
 
+    def has_events(self, response_id: str) -> bool:
+        """Whether the response has an event log (without reading it)."""
+        key = self._key(response_id)
+        if key is None:
+            return False
+        with _reachable("has_events"):
+            return self._client.exists(f"{key}:events") == 1
+
     def events_after(self, response_id: str, after: int, block_ms: int = 0) -> list[dict]:
         """Events with ``sequence_number > after``, in order.
 

@@ -35,7 +35,7 @@ from .generation import Generation
 from .middleware import arrival, request_id
 from .response_store import ResponseStore
 from .responses_background import ResponseTasks
-from .responses_conversation import (DEFAULT_MAX_MODEL_LEN, Prompt, build_prompt, continued_items,
+from .responses_conversation import (Prompt, build_prompt, continued_items,
                                      input_items)
 from .responses_events import ResponseEvents, sse
 from .responses_models import ResponseCreateRequest
@@ -111,7 +111,7 @@ async def conversation(body: ResponseCreateRequest, records: ResponseRecords, ba
         history = continued_items(parent, await records.input_items(parent_id,
                                                                     "previous_response_id"))
     items = history + input_items(body.input)
-    max_model_len = getattr(backend, "max_model_len", DEFAULT_MAX_MODEL_LEN)
+    max_model_len = backend.max_model_len
     if body.max_output_tokens is not None and body.max_output_tokens >= max_model_len:
         raise APIError.invalid(f"max_output_tokens must be less than this model's context of "
                                f"{max_model_len} tokens.", "max_output_tokens")

@@ -26,9 +26,6 @@ from .errors import APIError
 from .responses_models import InputMessage
 from .responses_object import new_id
 
-DEFAULT_MAX_MODEL_LEN = 8192
-
-
 def input_items(messages: list[InputMessage]) -> list[dict[str, Any]]:
     """The request's input as stored items, each with an id."""
     return [_stored(m) for m in messages]

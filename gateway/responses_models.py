@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .extra_fields import refuse_extra_fields
@@ -59,7 +59,8 @@ TOOL_ITEM_TYPES = ("function_call", "function_call_output", "reasoning", "item_r
 
 
 class ContentPart(BaseModel):
-    """A text part of a message: ``input_text`` or ``output_text`` (annotations echoed as given)."""
+    """A text part of a message: ``input_text`` or ``output_text`` (an output_text part's
+    annotations and logprobs are echoed as given; an input_text part has neither)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -67,6 +68,14 @@ class ContentPart(BaseModel):
     text: str
     annotations: list[dict[str, Any]] | None = None
     logprobs: list[dict[str, Any]] | None = None
+
+    @field_validator("annotations", "logprobs")
+    @classmethod
+    def _output_text_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("type") == "input_text":
+            raise PydanticCustomError("unknown_parameter", "An 'input_text' part has no '{field}'; "
+                                      "only 'output_text' parts carry it.", {"field": info.field_name})
+        return value
 
     def stored(self) -> dict[str, Any]:
         if self.type == "input_text":
@@ -107,10 +116,6 @@ class InputMessage(BaseModel):
             kind = "output_text" if data.get("role") == "assistant" else "input_text"
             return {**data, "content": [{"type": kind, "text": data["content"]}]}
         return data
-
-    @property
-    def text(self) -> str:
-        return "\n".join(part.text for part in self.content)
 
 
 def _input_items(value: Any) -> Any:

@@ -16,7 +16,6 @@ from .responses_models import ResponseCreateRequest
 from .usage import UsageMeter
 
 ACTIVE = ("queued", "in_progress")          # the statuses of a response that is still running
-FINISHED = ("completed", "incomplete", "failed", "cancelled")
 
 
 def new_id(prefix: str) -> str:

@@ -71,6 +71,9 @@ class ResponseRecords:
     async def append_event(self, response_id: str, event: dict[str, Any]) -> None:
         await self._call("append_event", response_id, event)
 
+    async def has_events(self, response_id: str) -> bool:
+        return await self._call("has_events", response_id)
+
     async def events_after(self, response_id: str, after: int) -> list[dict[str, Any]]:
         return await self._call("events_after", response_id, after)
 

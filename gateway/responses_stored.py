@@ -54,7 +54,7 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
                                    "starting_after")
         return JSONResponse(response)
     if not (response["background"] or response["status"] in ACTIVE
-            or await shared.records.events_after(response_id, -1)):
+            or await shared.records.has_events(response_id)):
         raise APIError.invalid(f"Response '{response_id}' was created without stream or background"
                                "; it has no event stream to replay.", "stream")
     after = -1 if starting_after is None else starting_after

@@ -74,6 +74,7 @@ class FakeBackend:
     """Implements ``gateway.backend.Backend``; records what the gateway asked of it."""
 
     model_name = "fake-model"
+    max_model_len = 8192
 
     def __init__(self) -> None:
         self.reset()

@@ -36,8 +36,7 @@ def redis_store(tmp_path_factory) -> Iterator[ResponseStore]:
 
 
 def settings(**overrides) -> GatewaySettings:
-    return GatewaySettings(**{"served_model_name": MODEL, "request_timeout_s": TIMEOUT_S,
-                              "response_ttl_seconds": TTL_S, **overrides})
+    return GatewaySettings(**{"served_model_name": MODEL, "request_timeout_s": TIMEOUT_S, **overrides})
 
 
 @contextlib.contextmanager

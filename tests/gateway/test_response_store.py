@@ -113,9 +113,10 @@ def test_create_replaces_a_record_and_drops_its_events_and_cancel(store):
 
 def test_events_after_orders_and_filters(store):
     store.create(response(status="in_progress"), ITEMS)
-    assert store.events_after(RID, -1) == []
+    assert store.events_after(RID, -1) == [] and not store.has_events(RID)
     for seq in range(5):
         store.append_event(RID, event(seq))
+    assert store.has_events(RID) and not store.has_events("resp_other") and not store.has_events("x*")
     assert store.events_after(RID, -1) == [event(s) for s in range(5)]
     assert store.events_after(RID, 2) == [event(3), event(4)]
     assert store.events_after(RID, 4) == []

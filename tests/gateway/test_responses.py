@@ -209,6 +209,12 @@ BAD = [
      "input[0].content", "unsupported_content"),
     ("function-call-item", {"input": [{"type": "function_call", "call_id": "c", "name": "f",
                                        "arguments": "{}"}]}, "input[0]", "unsupported_item"),
+    ("input-text-annotations", {"input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "hi", "annotations": []}]}]},
+     "input[0].content[0].annotations", "unknown_parameter"),
+    ("input-text-logprobs", {"input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "hi", "logprobs": []}]}]},
+     "input[0].content[0].logprobs", "unknown_parameter"),
     ("tool-role", {"input": [{"role": "tool", "content": "x"}]}, "input[0].role", "invalid_value"),
     ("empty-input", {"input": []}, "input", "invalid_value"),
     ("missing-input", {"input": None}, "input", None),
