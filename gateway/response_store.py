@@ -151,11 +151,7 @@ class ResponseStore:
 
     def has_events(self, response_id: str) -> bool:
         """Whether the response has an event log (without reading it)."""
-        key = self._key(response_id)
-        if key is None:
-            return False
-        with _reachable("has_events"):
-            return self._client.exists(f"{key}:events") == 1
+        return self._exists(response_id, "events", "has_events")
 
     def events_after(self, response_id: str, after: int, block_ms: int = 0) -> list[dict]:
         """Events with ``sequence_number > after``, in order.
@@ -189,13 +185,16 @@ class ResponseStore:
             self._client.set(f"{key}:cancel", "1", ex=self.ttl_seconds)
 
     def cancel_requested(self, response_id: str) -> bool:
+        return self._exists(response_id, "cancel", "cancel_requested")
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def _exists(self, response_id: str, suffix: str, operation: str) -> bool:
         key = self._key(response_id)
         if key is None:
             return False
-        with _reachable("cancel_requested"):
-            return self._client.exists(f"{key}:cancel") == 1
-
-    # -- keys ------------------------------------------------------------------------------------
+        with _reachable(operation):
+            return self._client.exists(f"{key}:{suffix}") == 1
 
     def _key(self, response_id: str) -> str | None:
         """The response's key, or None for an id that could reach other keys."""
