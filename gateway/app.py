@@ -1,35 +1,49 @@
 """The gateway's FastAPI app: Chat Completions, Responses, the model list, health/readiness probes.
 
-The app talks to requests' runners only through ``Backend`` (gateway/backend.py): in production a
-backend that routes to prefill and decode workers, in tests and single-process mode ``LocalBackend``.
-Stored responses live in a ``ResponseStore`` (Redis, gateway/response_store.py) shared by every
-replica; without one, the Responses API serves only ``store: false`` requests (others get 503).
+Layout (one subpackage per concern):
+
+    app.py, main.py      this app; ``tandem gateway`` builds it over the registry and Redis
+    chat/                POST /v1/chat/completions: route, request model, SSE chunks
+    responses/           the Responses API: routes, request model, object, events, run, event log,
+                         background, replay, conversation, store (Redis)
+    backend/             the ``Backend`` seam and ``WorkerBackend`` (gRPC to the workers)
+    routing.py           worker choice over a local view of the registry
+    generation.py        one request's token stream as the HTTP layer consumes it
+    sse.py, errors.py, usage.py, params.py, middleware.py, disconnect.py   shared by both APIs
+
+The app talks to requests' runners only through ``Backend``. Stored responses live in a
+``ResponseStore`` (Redis) shared by every replica; without one (``store=None``), the Responses API
+serves only ``store: false`` requests (others get 503).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from . import chat, health, model_list, responses, responses_stored
+from . import health, model_list
 from .backend import Backend
+from .chat import route as chat
 from .config import GatewaySettings
 from .errors import install_error_handlers
-from .middleware import RequestContextMiddleware
-from .response_store import ResponseStore
+from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .responses import routes as responses, stored as stored_responses
+from .responses.state import ResponsesState
+from .responses.store import ResponseStore
 from .state import GatewayState
 
 
-def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore | None = None
-               ) -> FastAPI:
+def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore | None = None,
+               *, event_log_batch: int = 32) -> FastAPI:
     app = FastAPI(title="Tandem gateway", summary="OpenAI-compatible API over disaggregated "
                   "prefill and decode workers")
     app.state.gateway = GatewayState(backend, settings)
-    app.state.responses = responses.ResponsesState.create(store)
+    app.state.responses = ResponsesState.create(store or ResponseStore(None), event_log_batch)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(chat.router)
     app.include_router(responses.router)
-    app.include_router(responses_stored.router)
+    app.include_router(stored_responses.router)
     app.include_router(model_list.router)
     app.include_router(health.router)
     return app

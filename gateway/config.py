@@ -7,24 +7,26 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """What an operator sets for the HTTP gateway.
+    """What an operator sets for the HTTP gateway (from ``TANDEM_*``, tandem/settings.py).
 
     ``served_model_name`` is the one ``model`` value requests may name (and what ``/v1/models``
     lists). ``full_text_enabled_default`` is the MindIE-style ``fullTextEnabled`` used when a request
-    does not set it. ``request_timeout_s`` bounds a generation from arrival to its last token;
-    ``ready_timeout_s`` bounds one readiness check of the backend. How long stored responses live
-    is the ``ResponseStore``'s ``ttl_seconds`` (``TANDEM_RESPONSE_TTL_SECONDS``).
+    does not set it. ``request_timeout_s`` bounds a generation from arrival to its last token (and
+    a followed stream's silence); ``ready_timeout_s`` bounds one readiness check of the backend;
+    ``sse_keepalive_s`` is the keep-alive interval of every stream; ``max_body_bytes`` the largest
+    request body (413 above it). How long stored responses live is the ``ResponseStore``'s.
     """
 
     served_model_name: str
     full_text_enabled_default: bool = False
     request_timeout_s: float = 600.0
     ready_timeout_s: float = 5.0
+    sse_keepalive_s: float = 15.0
+    max_body_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         if not self.served_model_name:
             raise ValueError("served_model_name must be non-empty")
-        if not self.request_timeout_s > 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-        if not self.ready_timeout_s > 0:
-            raise ValueError(f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
+        for name in ("request_timeout_s", "ready_timeout_s", "sse_keepalive_s", "max_body_bytes"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -2,7 +2,7 @@
 
 Used while the handler itself waits on the backend (the first token, or a whole non-streamed
 completion). Once a streaming response has started, Starlette watches for the disconnect instead
-and cancels the stream (see ``chat_stream.SSEResponse``).
+and cancels the stream (see ``gateway.sse.SSEResponse``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 
 | cause                                        | status | type                  | param          |
 |----------------------------------------------|--------|-----------------------|----------------|
-| malformed JSON, wrong type, out of range     | 400    | invalid_request_error | the field      |
+| malformed JSON (incl. bad UTF-8, too deep)   | 400    | invalid_request_error | null           |
+| wrong type, out of range, lone surrogate     | 400    | invalid_request_error | the field      |
 | unknown or unsupported field                 | 400    | invalid_request_error | the field      |
 | the backend refuses the request              | 400    | invalid_request_error | its field      |
 | unknown model / unknown URL                  | 404    | invalid_request_error | model / null   |
@@ -14,6 +15,7 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 | no worker can take it (BackendUnavailable)   | 503    | server_error          | null           |
 | the request was aborted by the system        | 503    | server_error          | null           |
 | the response store (Redis) is unreachable    | 503    | server_error          | null           |
+| a request body over TANDEM_MAX_BODY_BYTES    | 413    | invalid_request_error | null           |
 | the request ran past its time limit          | 504    | server_error          | null           |
 | anything unexpected (logged, no stack trace) | 500    | server_error          | null           |
 
@@ -74,10 +76,6 @@ class APIError(Exception):
         return cls.server(503, f"No worker could take the request: {exc}", code="backend_unavailable")
 
     @classmethod
-    def store_unavailable(cls, reason: str) -> "APIError":
-        return cls.server(503, f"The response store is unavailable: {reason}", code="store_unavailable")
-
-    @classmethod
     def internal(cls) -> "APIError":
         return cls.server(500, "The server had an error while processing your request.")
 
@@ -100,6 +98,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             err = APIError(404, f"Invalid URL ({request.method} {request.url.path})", code="unknown_url")
+        elif exc.status_code == 400:    # a body FastAPI could not decode (bad UTF-8, too deep)
+            err = APIError.invalid("We could not parse the JSON body of your request. "
+                                   f"({exc.detail})", None, code="invalid_json")
         elif exc.status_code == 405:
             err = APIError(405, f"Method {request.method} is not allowed on {request.url.path}",
                            code="method_not_allowed")

@@ -1,38 +1,46 @@
-"""``tandem gateway``: the FastAPI app over the worker registry, served by uvicorn."""
+"""``tandem gateway``: the FastAPI app over the worker registry and the response store."""
 
 from __future__ import annotations
 
-from gateway.app import create_app
-from gateway.config import GatewaySettings
-from gateway.workers import WorkerBackend
+from fastapi import FastAPI
+
 from tandem.settings import Settings
 
 
-def build_app(redis_url: str, model: str = ""):
-    """The gateway app: tokenizer and model name from ``model``; workers from the registry at
-    ``redis_url``, and stored responses in the same Redis (they live
-    ``TANDEM_RESPONSE_TTL_SECONDS``)."""
-    import redis
+def build_app(settings: Settings, model: str = "") -> FastAPI:
+    """The gateway app: tokenizer and model name from ``model``; workers from the registry and
+    stored responses in the Redis at ``settings.redis_url`` (responses live
+    ``TANDEM_RESPONSE_TTL_SECONDS``). All Redis I/O is ``redis.asyncio``; every call is bounded by
+    ``TANDEM_REDIS_TIMEOUT_S`` socket timeouts and three quick retries (a connection left stale by a
+    Redis restart is retried, not failed), then the request gets a 503."""
+    import redis.asyncio as aioredis
     from redis.backoff import ExponentialWithJitterBackoff
-    from redis.retry import Retry
-
-    from gateway.response_store import ResponseStore
+    from redis.asyncio.retry import Retry
 
     from services.engine.checkpoint import default_model_path, model_name_for, resolve_model_dir
     from services.engine.config import ModelConfig
     from services.engine.tokenizer import Tokenizer
-    from services.registry import WorkerRegistry
 
-    settings = Settings.from_env()
+    from .app import create_app
+    from .backend.workers import WorkerBackend
+    from .config import GatewaySettings
+    from .responses.store import ResponseStore
+    from .routing import RegistryView
+
     model_dir = resolve_model_dir(model or None, settings.cache_dir)
     name = model_name_for(model or default_model_path())
-    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    options = dict(socket_timeout=settings.redis_timeout_s,
+                   socket_connect_timeout=settings.redis_timeout_s,
+                   retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
+    registry_client = aioredis.Redis.from_url(settings.redis_url, **options)
+    store_client = aioredis.Redis.from_url(settings.redis_url, **options)
     max_model_len = ModelConfig.from_json(model_dir / "config.json").max_position_embeddings
-    backend = WorkerBackend(WorkerRegistry(client), Tokenizer(model_dir), name, max_model_len)
-    # Every store call is bounded: 2 s socket timeouts and three quick retries, then a 503.
-    store_client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2,
-                                        retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
-    gateway_settings = GatewaySettings(served_model_name=name,
-                                       full_text_enabled_default=settings.full_text_default)
+    view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s)
+    backend = WorkerBackend(view, Tokenizer(model_dir), name, max_model_len,
+                            request_timeout_s=settings.request_timeout_s)
+    gateway_settings = GatewaySettings(
+        served_model_name=name, full_text_enabled_default=settings.full_text,
+        request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,
+        sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes)
     store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
-    return create_app(backend, gateway_settings, store)
+    return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch)

@@ -1,12 +1,14 @@
 """The worker registry: which workers are alive, where they listen, and how loaded they are.
 
 Rules:
-- One Redis key per worker, ``{namespace}:worker:{role}:{worker_id}``, holding its ``WorkerInfo`` as
-  JSON and expiring ``ttl_seconds`` after the last publish. Redis's expiry is the only liveness
-  test: a key that exists is a live worker; a worker that stops beating vanishes within the TTL.
-- A worker owns its key: its ``Heartbeat`` republishes every ``ttl / 3`` seconds (two beats may be
-  missed before it expires) and deletes the key on a clean stop. The gateway only reads
-  (``live``; ``least_loaded`` chooses among them). A worker id belongs to one role.
+- Two Redis keys per namespace, whatever else the keyspace holds (30 days of stored responses must
+  not slow routing): ``{namespace}:workers`` is a hash ``role:worker_id -> WorkerInfo JSON`` and
+  ``{namespace}:workers:expiry`` a sorted set of the same members scored by when each expires (ms,
+  by the Redis server's clock, so hosts' clocks never matter). A member whose score is in the past
+  is dead; readers skip it and prune it. Reading all live workers is one script call, O(workers).
+- A worker owns its entry: its ``Heartbeat`` republishes every ``ttl / 3`` seconds (two beats may be
+  missed before it expires) and deletes the entry on a clean stop. Gateways only read (``live``, or
+  ``gateway/routing.py``'s ``RegistryView``, which reads the same keys with ``redis.asyncio``).
 - ``publish`` stamps ``updated_at`` with the publisher's wall clock; it is informational only.
 - Readers skip, and log, entries they cannot parse, so one bad worker cannot stop routing. Unknown
   JSON fields are ignored so that newer workers may add fields; missing ones are an error.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -30,7 +31,29 @@ import redis
 log = logging.getLogger(__name__)
 
 ROLES = ("prefill", "decode", "colocated")
-_NAME = re.compile(r"[\w.@:-]+")  # no glob characters, so names are safe inside SCAN patterns
+_NAME = re.compile(r"[\w.@:-]+")
+
+# KEYS: hash, expiry zset. ARGV: member, JSON, ttl in ms.
+PUBLISH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+"""
+# KEYS: hash, expiry zset. Prunes expired members; returns [member, JSON, member, JSON, ...].
+LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, member in ipairs(dead) do redis.call('HDEL', KEYS[1], member) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local out = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+    local value = redis.call('HGET', KEYS[1], member)
+    if value then out[#out + 1] = member; out[#out + 1] = value end
+end
+return out
+"""
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float)}
 
 
@@ -91,54 +114,55 @@ class WorkerInfo:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
+def registry_keys(namespace: str) -> tuple[str, str]:
+    """(hash, expiry sorted set) of ``namespace``'s registry."""
+    if not _NAME.fullmatch(namespace):
+        raise ValueError(f"namespace must match {_NAME.pattern}, got {namespace!r}")
+    return f"{namespace}:workers", f"{namespace}:workers:expiry"
+
+
 class WorkerRegistry:
-    """Live workers in Redis: workers ``publish`` and ``remove``; the gateway calls ``live`` once per request."""
+    """Live workers in Redis: workers ``publish`` and ``remove``; ``live`` reads them all."""
 
     def __init__(self, client: redis.Redis, namespace: str = "tandem", ttl_seconds: float = 5.0) -> None:
-        if not _NAME.fullmatch(namespace):
-            raise ValueError(f"namespace must match {_NAME.pattern}, got {namespace!r}")
         if ttl_seconds < 0.01:
             raise ValueError(f"ttl_seconds must be at least 0.01, got {ttl_seconds}")
-        self._client = client
-        self._namespace = namespace
+        self._keys = registry_keys(namespace)
         self.ttl_seconds = ttl_seconds
+        self._publish = client.register_script(PUBLISH)
+        self._live = client.register_script(LIVE)
+        self._client = client
 
     def publish(self, info: WorkerInfo) -> None:
         """Write the worker's entry, stamped now, expiring ``ttl_seconds`` from now."""
         stamped = replace(info, updated_at=time.time())
-        self._client.set(self._key(info.role, info.worker_id), stamped.to_json(),
-                         px=max(1, round(self.ttl_seconds * 1000)))
+        self._publish(keys=self._keys, args=[member(info.role, info.worker_id), stamped.to_json(),
+                                             max(1, round(self.ttl_seconds * 1000))])
 
     def remove(self, worker_id: str) -> None:
         """Delete the worker's entry under every role; a no-op if it is gone already."""
-        self._client.delete(*(self._key(role, worker_id) for role in ROLES))
+        members = [member(role, worker_id) for role in ROLES]
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._keys[0], *members)
+            pipe.zrem(self._keys[1], *members)
+            pipe.execute()
 
     def live(self, role: str | None = None) -> list[WorkerInfo]:
         """Unexpired workers (of ``role``, if given), sorted by worker_id."""
-        pattern = self._key(_check_role(role), "*") if role is not None else self._key("*", "*")
-        keys = list(self._client.scan_iter(match=pattern, count=1000))
-        if not keys:
-            return []
-        values = self._client.mget(keys)  # a key that expired since the SCAN reads as None
-        workers = [_parse(key, value) for key, value in zip(keys, values) if value is not None]
-        return sorted((w for w in workers if w is not None), key=lambda w: w.worker_id)
-
-    def _key(self, role: str, worker_id: str) -> str:
-        return f"{self._namespace}:worker:{role}:{worker_id}"
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        workers = parse_live(self._live(keys=self._keys))
+        return [w for w in workers if role is None or w.role == role]
 
 
-def least_loaded(workers: list[WorkerInfo]) -> WorkerInfo | None:
-    """The least loaded of ``workers`` (random among ties), or None for an empty list."""
-    if not workers:
-        return None
-    least = min(w.load for w in workers)
-    return random.choice([w for w in workers if w.load <= least + 1e-9])
+def member(role: str, worker_id: str) -> str:
+    return f"{role}:{worker_id}"
 
 
-def _check_role(role: str) -> str:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    return role
+def parse_live(reply: list) -> list[WorkerInfo]:
+    """The ``LIVE`` script's reply as WorkerInfos sorted by worker_id; unreadable ones skipped."""
+    workers = (_parse(reply[i], reply[i + 1]) for i in range(0, len(reply), 2))
+    return sorted((w for w in workers if w is not None), key=lambda w: w.worker_id)
 
 
 def _parse(key: bytes | str, value: bytes | str) -> WorkerInfo | None:

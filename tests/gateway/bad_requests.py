@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -9,6 +10,11 @@ USER = [{"role": "user", "content": "Hi"}]
 
 def body(model: str, **fields: Any) -> dict[str, Any]:
     return {"model": model, "messages": USER, "max_tokens": 4, **fields}
+
+
+def escaped(model: str, **fields: Any) -> bytes:
+    """The body as JSON with every non-ASCII character escaped (how a lone surrogate travels)."""
+    return json.dumps(body(model, **fields), ensure_ascii=True).encode()
 
 
 # (test id, raw body or a function of the model name → body, status, param, code)
@@ -47,10 +53,20 @@ CASES: list[tuple[str, Any, int, str | None, str]] = [
     ("full-text-not-bool", lambda m: body(m, fullTextEnabled="yes"), 400, "fullTextEnabled",
      "invalid_type"),
     ("unknown-model", lambda m: body("gpt-4o"), 404, "model", "model_not_found"),
+    # found by fuzzing the live stack: each used to be a 500 or a null code
+    ("lone-surrogate", lambda m: escaped(m, messages=[{"role": "user", "content": "a\ud800b"}]),
+     400, "messages[0].content", "invalid_value"),
+    ("lone-surrogate-stop", lambda m: escaped(m, stop=["\udfff"]), 400, "stop[0]", "invalid_value"),
+    ("invalid-utf8", b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400,
+     None, "invalid_json"),
+    ("deep-json", b"[" * 100_000 + b"]" * 100_000, 400, None, "invalid_json"),
+    ("deep-json-object", b'{"model": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001, 400, None,
+     "invalid_json"),
 ]
 
 
 def raw_body(case_body: Any, model: str) -> bytes | dict[str, Any]:
+    """The case's body: bytes as they are, or the function's result (bytes or a JSON object)."""
     return case_body if isinstance(case_body, bytes) else case_body(model)
 
 

@@ -5,17 +5,20 @@ ids are ``resp_`` + the request id, so a test can find what a failed request sto
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import openai
+import redis
+import redis.asyncio as aioredis
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from gateway.response_store import ResponseStore
+from gateway.responses.store import ResponseStore
 from tandem.redis_server import EmbeddedRedis
 
 from .fakes import FakeBackend
@@ -28,11 +31,44 @@ NAMESPACE = "rtest"
 
 
 # -- what each test module's fixtures are made of -------------------------------------------------
+class SyncStore:
+    """The test's side of a gateway's store: ``ResponseStore`` calls run to completion here (each on
+    a private event loop and connection), ``client`` is a plain redis client on the same server,
+    and ``for_app()`` makes the async store a gateway uses."""
+
+    def __init__(self, url: str, namespace: str = NAMESPACE, ttl_seconds: int = TTL_S, **client_kw):
+        self.url, self.namespace, self.ttl_seconds = url, namespace, ttl_seconds
+        self._client_kw = {"socket_timeout": 2, "socket_connect_timeout": 2, **client_kw}
+        self.client = redis.Redis.from_url(url, socket_timeout=2)
+
+    def for_app(self) -> ResponseStore:
+        return ResponseStore(aioredis.Redis.from_url(self.url, **self._client_kw),
+                             namespace=self.namespace, ttl_seconds=self.ttl_seconds)
+
+    def ttl(self, response_id: str) -> int:
+        return self.client.ttl(f"{self.namespace}:resp:{{{response_id}}}")
+
+    def append_event(self, response_id: str, event: dict[str, Any]) -> None:
+        self._run("append_events", response_id, [event])
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self._run(name, *args, **kwargs)
+
+    def _run(self, name: str, *args, **kwargs):
+        async def call():
+            store = self.for_app()
+            try:
+                return await getattr(store, name)(*args, **kwargs)
+            finally:
+                await store._client.aclose()
+        return asyncio.run(call())
+
+
 @contextlib.contextmanager
-def redis_store(tmp_path_factory) -> Iterator[ResponseStore]:
+def redis_store(tmp_path_factory) -> Iterator[SyncStore]:
     """A real redis-server (own data directory) and a store on it."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-        yield ResponseStore(server.client(timeout=2), namespace=NAMESPACE, ttl_seconds=TTL_S)
+        yield SyncStore(server.url)
 
 
 def settings(**overrides) -> GatewaySettings:
@@ -40,9 +76,10 @@ def settings(**overrides) -> GatewaySettings:
 
 
 @contextlib.contextmanager
-def gateway(backend: FakeBackend, store: ResponseStore | None, **overrides) -> Iterator[str]:
+def gateway(backend: FakeBackend, store: SyncStore | None, **overrides) -> Iterator[str]:
     """A gateway over ``backend`` and ``store`` under uvicorn; yields its base URL."""
-    with serve(create_app(backend, settings(**overrides), store)) as url:
+    app_store = store.for_app() if store is not None else None
+    with serve(create_app(backend, settings(**overrides), app_store)) as url:
         yield url
 
 

@@ -346,3 +346,22 @@ def test_settings_are_validated():
         GatewaySettings(served_model_name="")
     with pytest.raises(ValueError):
         GatewaySettings(served_model_name="m", request_timeout_s=0)
+
+
+def test_stop_null_means_no_stop(client, fake):
+    fake.script = words("a", "b")
+    r = client.chat.completions.create(model=MODEL, messages=HI, stop=None)
+    assert r.choices[0].message.content == "ab" and fake.params[0].sampling.stop == ()
+
+
+def test_an_oversized_body_is_413_at_once_and_the_server_stays_responsive(backend):
+    settings = GatewaySettings(served_model_name=MODEL, max_body_bytes=1 << 20)
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 4_000_000}]}  # 20 MB
+    with serve(create_app(backend, settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        start = time.monotonic()
+        r = http.post("/v1/chat/completions", json=big)
+        assert_error(r, 413, None, "request_too_large")
+        assert time.monotonic() - start < 5.0                 # refused, not parsed or tokenized
+        assert http.get("/health").status_code == 200
+        ok = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI})
+        assert ok.status_code != 413

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.backend import LocalBackend
+from tests.gateway.local_backend import LocalBackend
 from gateway.config import GatewaySettings
 
 from .bad_requests import CASES, post_kwargs

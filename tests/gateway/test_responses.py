@@ -8,11 +8,10 @@ import json
 import httpx
 import pytest
 
-from gateway.response_store import ResponseStore
 from tandem.redis_server import EmbeddedRedis
 
 from .fakes import endless, fail_after, refuse, words
-from .responses_support import (MODEL, NAMESPACE, TTL_S, assert_error, assert_usage, check_stream, create, gateway, reset, sse_events, stored_id, wait_until)
+from .responses_support import (SyncStore, MODEL, NAMESPACE, TTL_S, assert_error, assert_usage, check_stream, create, gateway, reset, sse_events, stored_id, wait_until)
 
 
 
@@ -151,7 +150,7 @@ def test_store_lost_mid_stream_ends_in_response_failed(tmp_path, backend):
     fake = reset(backend)
     fake.script = words(*"abcdef", delay=0.1)
     with EmbeddedRedis(tmp_path / "redis") as server, \
-            gateway(backend, ResponseStore(server.client(timeout=0.5))) as url:
+            gateway(backend, SyncStore(server.url, socket_timeout=0.5)) as url:
         with httpx.stream("POST", f"{url}/v1/responses", timeout=10,
                           json={"model": MODEL, "input": "Hi", "stream": True}) as r:
             lines = []
@@ -184,14 +183,14 @@ def test_worker_failure_mid_completion_is_502_and_recorded_failed(http, fake, st
 
 # -- store: false, metadata, bad input --------------------------------------------------------------
 def test_store_false_writes_nothing(http, fake, store):
-    keys = set(store._client.scan_iter(f"{NAMESPACE}:*"))
+    keys = set(store.client.scan_iter(f"{NAMESPACE}:*"))
     r = create(http, store=False)
     assert r.status_code == 200 and r.json()["store"] is False
     with http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "Hi", "store": False,
                                                      "stream": True}) as s:
         s.read()
     assert sse_events(s)[-1]["type"] == "response.completed"
-    assert set(store._client.scan_iter(f"{NAMESPACE}:*")) == keys
+    assert set(store.client.scan_iter(f"{NAMESPACE}:*")) == keys
     assert_error(http.get(f"/v1/responses/{r.json()['id']}"), 404, "response_id")
 
 
@@ -250,3 +249,18 @@ def test_unknown_model_and_template_refusal(http, fake):
                  400, None, "invalid_json")
 
 
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": "a\ud800"}, "input[0].content[0].text"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "\udfff"}]}]},
+     "input[0].content[0].text"),
+    ({"metadata": {"k": "v\ud800"}}, "metadata.k"),
+    ({"instructions": "\ud800"}, "instructions"),
+])
+def test_a_lone_surrogate_is_400_naming_the_field_and_stores_nothing(http, fake, store, body, param):
+    keys = set(store.client.scan_iter(f"{NAMESPACE}:*"))
+    payload = json.dumps({"model": MODEL, "input": "Hi", **body}, ensure_ascii=True).encode()
+    r = http.post("/v1/responses", content=payload, headers={"content-type": "application/json"})
+    assert_error(r, 400, param, "invalid_value")
+    assert fake.params == [] and set(store.client.scan_iter(f"{NAMESPACE}:*")) == keys

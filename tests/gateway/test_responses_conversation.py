@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import APIError
-from gateway.responses_conversation import (build_prompt, chat_messages, continued_items,
+from gateway.responses.conversation import (build_prompt, chat_messages, continued_items,
                                             input_items, page)
-from gateway.responses_events import ResponseEvents
-from gateway.responses_models import ResponseCreateRequest
+from gateway.responses.events import ResponseEvents
+from gateway.responses.models import ResponseCreateRequest
 
 
 def items(*pairs: tuple[str, str]) -> list[dict]:

@@ -8,11 +8,11 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.backend import LocalBackend
+from tests.gateway.local_backend import LocalBackend
 from gateway.config import GatewaySettings
-from gateway.response_store import ResponseStore
 from tandem.redis_server import EmbeddedRedis
 
+from .responses_support import SyncStore
 from .serving import serve
 
 pytestmark = pytest.mark.slow
@@ -26,8 +26,8 @@ def stack(tmp_path_factory):
     engine = LLMEngine(EngineConfig(kv_cache_bytes=256 << 20), Settings.from_env().cache_dir)
     settings = GatewaySettings(served_model_name=engine.model_name, request_timeout_s=120)
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-        store = ResponseStore(server.client(), ttl_seconds=600)
-        with serve(create_app(LocalBackend(engine), settings, store)) as url:
+        store = SyncStore(server.url, namespace="tandem", ttl_seconds=600)
+        with serve(create_app(LocalBackend(engine), settings, store.for_app())) as url:
             yield url, engine.model_name, store
 
 

@@ -9,18 +9,16 @@ import time
 import httpx
 import openai
 import pytest
-import redis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
-from gateway import responses_stored
-from gateway.response_store import ResponseStore
-from gateway.responses_models import ResponseCreateRequest
-from gateway.responses_object import new_response
+from gateway.responses import stored
+from gateway.responses.models import ResponseCreateRequest
+from gateway.responses.object import new_response
 from tandem.redis_server import free_port
 
 from .fakes import endless, unavailable, words
-from .responses_support import (MODEL, NAMESPACE, TTL_S, assert_error, check_stream, create, gateway, reset, sdk, sse_events, wait_until)
+from .responses_support import (SyncStore, MODEL, NAMESPACE, TTL_S, assert_error, check_stream, create, gateway, reset, sdk, sse_events, wait_until)
 
 
 
@@ -209,9 +207,8 @@ def test_stream_replay_of_a_plain_response_is_refused(client, http, fake):
 # -- Redis down, no store, replicas -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dead_store():
-    client = redis.Redis(port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2,
-                         retry=Retry(NoBackoff(), 0))
-    return ResponseStore(client, namespace=NAMESPACE)
+    return SyncStore(f"redis://127.0.0.1:{free_port()}", socket_timeout=0.2,
+                     socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
 
 
 @pytest.mark.parametrize("with_store", [True, False], ids=["redis-down", "no-store"])
@@ -260,7 +257,7 @@ def test_a_response_whose_replica_died(backend, store, monkeypatch):
     store.create(response, [])
     store.append_event(response["id"], {"type": "response.created", "sequence_number": 0,
                                         "response": response})
-    monkeypatch.setattr(responses_stored, "CANCEL_WAIT_S", 0.3)
+    monkeypatch.setattr(stored, "CANCEL_WAIT_S", 0.3)
     with gateway(reset(backend), store, request_timeout_s=0.5) as url:
         client = sdk(url)
         events = list(client.responses.retrieve(response["id"], stream=True))

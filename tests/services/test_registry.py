@@ -4,7 +4,7 @@ import time
 import pytest
 import redis
 
-from services.registry import Heartbeat, WorkerInfo, WorkerRegistry, least_loaded
+from services.registry import Heartbeat, WorkerInfo, WorkerRegistry
 from tandem.redis_server import EmbeddedRedis
 
 
@@ -61,7 +61,9 @@ def test_publish_then_live_with_role_filter(client):
     assert [w.worker_id for w in registry.live("prefill")] == ["p0"]
     assert registry.live("colocated") == []
     assert all(w.updated_at >= before for w in registry.live())
-    assert 4000 < client.pttl("tandem:worker:decode:d0") <= 5000
+    now_ms = int(client.time()[0]) * 1000 + int(client.time()[1]) // 1000
+    assert 4000 < client.zscore("tandem:workers:expiry", "decode:d0") - now_ms <= 5000
+    assert client.hexists("tandem:workers", "decode:d0")
     with pytest.raises(ValueError, match="role"):
         registry.live("router")
 
@@ -71,7 +73,8 @@ def test_entries_expire_after_the_ttl(client):
     registry.publish(worker("d0"))
     assert len(registry.live()) == 1
     time.sleep(0.6)
-    assert registry.live() == [] and least_loaded(registry.live("decode")) is None
+    assert registry.live() == []
+    assert client.hlen("tandem:workers") == 0 and client.zcard("tandem:workers:expiry") == 0  # pruned
 
 
 def test_remove(client):
@@ -89,30 +92,12 @@ def test_namespaces_do_not_see_each_other(client):
     assert b.live() == [] and len(a.live()) == 1
 
 
-def test_least_loaded_chooses_the_least_loaded_live_worker_of_a_role(client):
-    registry = WorkerRegistry(client)
-    registry.publish(worker("busy", running=8, waiting=3))
-    registry.publish(worker("full-kv", running=1, free=0))
-    registry.publish(worker("idle", running=1, free=90))
-    registry.publish(worker("p0", role="prefill"))  # idler, but another role
-    assert least_loaded(registry.live("decode")).worker_id == "idle"
-    assert least_loaded(registry.live("colocated")) is None
-
-
-def test_least_loaded_breaks_ties_randomly(client):
-    registry = WorkerRegistry(client)
-    for worker_id in ("d0", "d1", "d2"):
-        registry.publish(worker(worker_id, running=2))
-    registry.publish(worker("d3", running=3))
-    picked = {least_loaded(registry.live("decode")).worker_id for _ in range(60)}
-    assert picked == {"d0", "d1", "d2"}
-
-
 def test_unreadable_entries_are_skipped(client, caplog):
     registry = WorkerRegistry(client)
     registry.publish(worker("d0"))
-    client.set("tandem:worker:decode:bad", '{"worker_id": "bad"}')
-    client.set("tandem:worker:decode:junk", "not json")
+    for name, value in (("decode:bad", '{"worker_id": "bad"}'), ("decode:junk", "not json")):
+        client.hset("tandem:workers", name, value)
+        client.zadd("tandem:workers:expiry", {name: 10**15})
     with caplog.at_level(logging.WARNING, logger="services.registry"):
         assert [w.worker_id for w in registry.live("decode")] == ["d0"]
     assert "bad" in caplog.text and "junk" in caplog.text

@@ -18,7 +18,7 @@ OUTPUT_LEN = 12
 @pytest.fixture(scope="module")
 def server():
     from gateway.app import create_app
-    from gateway.backend import LocalBackend
+    from tests.gateway.local_backend import LocalBackend
     from gateway.config import GatewaySettings
     from services.engine import EngineConfig, LLMEngine
     from tandem.settings import Settings

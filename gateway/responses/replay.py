@@ -2,8 +2,10 @@
 
 ``GET /v1/responses/{id}?stream=true&starting_after=N`` (on any replica) and a streamed background
 ``POST`` read the Redis event log: the events after ``N``, then new ones as the running replica
-appends them, until the terminal event. The log is polled (20 ms, backing off to 200 ms while
-nothing comes), so no thread ever blocks waiting on Redis.
+appends them, until the terminal event. New events are awaited with XREAD BLOCK (in
+``BLOCK_MS`` slices), so they arrive as soon as they are written; between slices with nothing new
+the record's status is read (at most once per slice). Keep-alive comments on an idle stream are
+the SSE response's job (gateway/sse.py).
 
 When to stop:
 - after the terminal event (``response.completed`` / ``incomplete`` / ``failed``);
@@ -18,27 +20,25 @@ When to stop:
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, AsyncIterator
 
-from .errors import APIError
-from .responses_events import TERMINAL_TYPES
-from .responses_object import ACTIVE
-from .responses_records import ResponseRecords
+from ..errors import APIError
+from .events import TERMINAL_TYPES
+from .object import ACTIVE
+from .store import ResponseStore
 
-MIN_POLL_S = 0.02
-MAX_POLL_S = 0.2
+BLOCK_MS = 500
 GRACE_S = 1.0
 
 
-async def follow(records: ResponseRecords, response_id: str, after: int, *,
+async def follow(store: ResponseStore, response_id: str, after: int, *,
                  idle_timeout_s: float) -> AsyncIterator[dict[str, Any]]:
     """The events of ``response_id`` with ``sequence_number > after``, live until it ends."""
-    delay, last_news, finished_at = MIN_POLL_S, time.monotonic(), None
+    last_news, finished_at = time.monotonic(), None
     try:
         while True:
-            events = await records.events_after(response_id, after)
+            events = await store.events_after(response_id, after, block_ms=BLOCK_MS)
             for event in events:
                 yield event
                 after = event["sequence_number"]
@@ -46,12 +46,12 @@ async def follow(records: ResponseRecords, response_id: str, after: int, *,
                     return
             now = time.monotonic()
             if events:
-                delay, last_news = MIN_POLL_S, now
+                last_news = now
                 continue
             if finished_at is None:
-                status = await _status(records, response_id)
+                status = await _status(store, response_id)
                 if status in (None, "cancelled"):   # what it logged before it ended, then stop
-                    for event in await records.events_after(response_id, after):
+                    for event in await store.events_after(response_id, after):
                         yield event
                     return
                 if status not in ACTIVE:
@@ -63,19 +63,13 @@ async def follow(records: ResponseRecords, response_id: str, after: int, *,
                              f"events for {idle_timeout_s:g} seconds; the gateway running it may "
                              "have stopped.")
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_POLL_S)
     except APIError as err:                         # the store went away mid-stream
         yield _error(after, err.code or "server_error", err.message)
 
 
-async def _status(records: ResponseRecords, response_id: str) -> str | None:
-    try:
-        return (await records.get(response_id))["status"]
-    except APIError as err:
-        if err.status == 404:
-            return None
-        raise
+async def _status(store: ResponseStore, response_id: str) -> str | None:
+    response = await store.get(response_id)
+    return None if response is None else response["status"]
 
 
 def _error(after: int, code: str, message: str) -> dict[str, Any]:

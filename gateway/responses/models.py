@@ -1,6 +1,6 @@
 """The Responses API request as the gateway accepts it (POST /v1/responses).
 
-Rule, as for Chat Completions (chat_models.py): every field here is honoured. OpenAI fields Tandem
+Rule, as for Chat Completions (chat/models.py): every field here is honoured. OpenAI fields Tandem
 does not implement are listed in ``NOT_SUPPORTED`` with the values that ask for nothing (no tools,
 plain text output, ...); those values are accepted, any other value is a 400 naming the field. Any
 other unknown field is a 400 naming it. Types are strict.
@@ -19,9 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .extra_fields import refuse_extra_fields
-
-from .chat_models import INT64_MAX, INT64_MIN, UINT32_MAX
+from ..chat.models import INT64_MAX, INT64_MIN, UINT32_MAX
+from ..params import OpenAIRequest
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -84,16 +83,21 @@ class ContentPart(BaseModel):
                 "logprobs": self.logprobs or []}
 
 
+def _types(values: Any) -> list[tuple[int, Any]]:
+    """(index, ``type``) of each element of a list (None where there is no type)."""
+    if not isinstance(values, list):
+        return []
+    return [(i, v.get("type") if isinstance(v, dict) else None) for i, v in enumerate(values)]
+
+
 def _text_parts_only(content: Any) -> Any:
     """Refuse media parts with a message that says why (the model reads text only)."""
-    if isinstance(content, list):
-        for i, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind in MEDIA_PART_TYPES:
-                raise PydanticCustomError(
-                    "unsupported_content", "This model is text-only: content part {index} has type "
-                    "'{kind}'; only 'input_text' and 'output_text' parts are supported.",
-                    {"index": i, "kind": kind})
+    for i, kind in _types(content):
+        if kind in MEDIA_PART_TYPES:
+            raise PydanticCustomError(
+                "unsupported_content", "This model is text-only: content part {index} has type "
+                "'{kind}'; only 'input_text' and 'output_text' parts are supported.",
+                {"index": i, "kind": kind})
     return content
 
 
@@ -122,18 +126,16 @@ def _input_items(value: Any) -> Any:
     """A string is one user message; item types other than messages are refused by name."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            kind = item.get("type") if isinstance(item, dict) else None
-            if kind in TOOL_ITEM_TYPES:
-                raise PydanticCustomError(
-                    "unsupported_item", "Input item {index} has type '{kind}'; this server serves "
-                    "no tools and accepts only 'message' items.",
-                    {"index": i, "kind": kind, "param": f"input[{i}]"})
-            if kind is not None and kind != "message":
-                raise PydanticCustomError("invalid_value", "Input item {index} has unknown type "
-                                          "'{kind}'.", {"index": i, "kind": kind,
-                                                        "param": f"input[{i}].type"})
+    for i, kind in _types(value):
+        if kind in TOOL_ITEM_TYPES:
+            raise PydanticCustomError(
+                "unsupported_item", "Input item {index} has type '{kind}'; this server serves "
+                "no tools and accepts only 'message' items.",
+                {"index": i, "kind": kind, "param": f"input[{i}]"})
+        if kind is not None and kind != "message":
+            raise PydanticCustomError("invalid_value", "Input item {index} has unknown type "
+                                      "'{kind}'.", {"index": i, "kind": kind,
+                                                    "param": f"input[{i}].type"})
     return value
 
 
@@ -143,10 +145,10 @@ class StreamOptions(BaseModel):
     include_obfuscation: Literal[False] | None = None   # Tandem never adds obfuscation padding
 
 
-class ResponseCreateRequest(BaseModel):
+class ResponseCreateRequest(OpenAIRequest):
     """POST /v1/responses. Extra fields are collected only to be checked and refused."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    NOT_SUPPORTED = NOT_SUPPORTED
 
     model: str
     input: Annotated[list[InputMessage], BeforeValidator(_input_items), Field(min_length=1)]
@@ -166,11 +168,6 @@ class ResponseCreateRequest(BaseModel):
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     ignore_eos: bool | None = None
-
-    @model_validator(mode="after")
-    def _refuse_other_fields(self) -> "ResponseCreateRequest":
-        refuse_extra_fields(self.model_extra, NOT_SUPPORTED)
-        return self
 
     @model_validator(mode="after")
     def _check_metadata(self) -> "ResponseCreateRequest":

@@ -7,11 +7,13 @@ Life of a ``ResponseRun`` (the same for plain, streamed and background responses
    refusal or a failure before any token is an HTTP error (and ``discard_record()`` drops the
    record); a background run calls it inside ``events()``, where such a failure becomes a
    ``failed`` response.
-3. ``events()`` yields the events of reference §2.3 in order. With ``log_events`` each one is
-   appended to the Redis event log before it is yielded, so any replica can replay and follow it.
-4. At the end the closing events are logged, then the record is replaced by the final Response,
-   and only then are the closing events yielded: a client that has seen ``response.completed`` can
-   retrieve the completed response from any replica.
+3. ``events()`` yields the events of reference §2.3 in order. With an event log (stored streaming
+   and background responses) each one is queued on the response's ``EventLog`` as it is yielded:
+   the log is written in batches beside the run, so a token never waits for Redis, and any replica
+   can replay and follow it (event_log.py states what a crash can lose).
+4. At the end the closing events are logged and flushed, then the record is replaced by the final
+   Response, and only then are the closing events yielded: a client that has seen
+   ``response.completed`` can retrieve the completed response, and replay all of it, anywhere.
 
 Ownership: the run owns its Generation and closes it however it ends (closing aborts the request on
 the workers and frees its KV). A run stopped from outside (client gone, background cancel) records
@@ -21,14 +23,16 @@ the workers and frees its KV). A run stopped from outside (client gone, backgrou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, AsyncIterator, Callable, Coroutine
 
-from .errors import APIError
-from .generation import Generation
-from .responses_events import ResponseEvents
-from .responses_object import usage_body
-from .responses_records import ResponseRecords
+from ..errors import APIError
+from ..generation import Generation
+from .event_log import EventLog
+from .events import ResponseEvents
+from .object import usage_body
+from .store import ResponseStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +41,19 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
 class ResponseRun:
     def __init__(self, generation: Generation, builder: ResponseEvents,
-                 records: ResponseRecords | None, *, log_events: bool, input_tokens: int,
+                 store: ResponseStore | None, *, log: EventLog | None, input_tokens: int,
                  spawn: Spawn):
-        """``records=None``: not stored (store=false). ``spawn`` runs a coroutine as its own task."""
+        """``store=None``: not stored (store=false); ``log``: the event log, if the response
+        keeps one. ``spawn`` runs a coroutine as its own task."""
         self.generation = generation
         self.builder = builder
-        self.records = records
-        self.log_events = log_events and records is not None
+        self.store = store
+        self.log = log if store is not None else None
         self.input_tokens = input_tokens
         self._spawn = spawn
         self._started = False
         self._ended = False                     # events() has run to its end (or was stopped)
         self.error: APIError | None = None      # why the response failed, if it did
-        self._log_error: APIError | None = None  # the event log could not be written
 
     @property
     def response_id(self) -> str:
@@ -64,26 +68,27 @@ class ResponseRun:
         await self.generation.start()
 
     async def create_record(self, items: list[dict[str, Any]]) -> None:
-        if self.records is not None:
-            await self.records.create(self.response, items)
+        if self.store is not None:
+            await self.store.create(self.response, items)
 
     async def discard_record(self) -> None:
         """Drop the record of a run that failed before its first token (best effort)."""
-        if self.records is not None:
+        if self.store is not None:
             try:
-                await self.records.delete(self.response_id)
+                await self.store.delete(self.response_id)
             except APIError as err:
                 log.warning("response %s: could not drop its record: %s", self.response_id,
                             err.message)
 
     async def events(self, *, to_client: bool) -> AsyncIterator[dict[str, Any]]:
         """Every event of the response; ``to_client``: a failed final save becomes ``failed``."""
+        stopped = False     # from outside: ``_cancelled`` flushes and closes the log
         try:
             yield await self._emit(self.builder.created())
             yield await self._emit(self.builder.in_progress())
             self._check_log()
-            if self.response.get("background") and self.records is not None:
-                await self.records.update(self.response)
+            if self.response.get("background") and self.store is not None:
+                await self.store.update(self.response)
             async for event in self._generate():
                 yield event
             closing = await self._end(to_client, *self._outcome())
@@ -96,11 +101,14 @@ class ResponseRun:
             self.error = APIError.internal()
             closing = await self._end(to_client, "failed", error=self.error.message)
         except (asyncio.CancelledError, GeneratorExit):
+            stopped = True
             self._spawn(self._cancelled())
             raise
         finally:
             self._ended = True
             await self.generation.aclose()
+            if self.log is not None and not stopped:
+                await self.log.close()
         for event in closing:
             yield event
 
@@ -137,6 +145,8 @@ class ResponseRun:
         try:
             for event in closing:
                 await self._emit(event)
+            if self.log is not None:
+                await self.log.flush()
             await self._save()
         except APIError as err:
             if not to_client:
@@ -150,29 +160,33 @@ class ResponseRun:
         return closing
 
     async def _cancelled(self) -> None:
-        """Record a run stopped from outside as ``cancelled`` (runs as its own task)."""
+        """Record a run stopped from outside as ``cancelled`` (runs as its own task): what it
+        logged goes to Redis first (bounded by the socket timeouts), then the record."""
         self.builder.finish("cancelled", usage_body(self.generation.usage, self.input_tokens))
         try:
+            if self.log is not None:
+                with contextlib.suppress(APIError):
+                    await self.log.flush()
+                await self.log.close()
             await self._save()
         except APIError as err:
             log.error("response %s: could not record its cancellation: %s", self.response_id,
                       err.message)
 
     async def _emit(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Log ``event``. If the store fails, the event still goes out (no gap in the sequence)
-        and the run fails right after it (``_check_log``)."""
-        if self.log_events:
-            try:
-                await self.records.append_event(self.response_id, event)
-            except APIError as err:
-                self.log_events = False
-                self._log_error = err
+        """Queue ``event`` on the log (waiting only while the log is ``max_unflushed`` behind).
+        If the log fails, the event still goes out (no gap in the sequence) and the run fails
+        right after it (``_check_log``)."""
+        if self.log is not None:
+            self.log.append(event)
+            with contextlib.suppress(StoreUnavailable):
+                await self.log.room()
         return event
 
     def _check_log(self) -> None:
-        if self._log_error is not None:
-            raise self._log_error
+        if self.log is not None and self.log.error is not None:
+            raise self.log.error
 
     async def _save(self) -> None:
-        if self.records is not None and not await self.records.update(self.response):
+        if self.store is not None and not await self.store.update(self.response):
             log.info("response %s was deleted while it ran; not saved", self.response_id)

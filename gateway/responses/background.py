@@ -1,12 +1,15 @@
-"""Background responses: runs that outlive their HTTP request, and the tasks that watch them.
+"""Background responses: runs that outlive their HTTP request, and the cancels that stop them.
 
 ``ResponseTasks`` (one per app) holds a strong reference to every task it starts until the task
-ends: each background run, the watcher beside it, and the detached saves of ``ResponseRun``.
+ends: each background run, the cancel listener, and the detached saves of ``ResponseRun``.
 
 Cancelling: ``POST /v1/responses/{id}/cancel`` may reach any replica. It sets the store's cancel
-flag; the replica running the response polls that flag every ``poll_s`` seconds and cancels the
-run's task, which closes its Generation (aborting the request on the workers, freeing its KV) and
-records ``cancelled``. On the replica that runs it, the task is cancelled at once.
+flag and publishes the id (``ResponseStore.request_cancel``). While this replica runs background
+responses, one listener task is subscribed to those messages and cancels the matching run's task,
+which closes its Generation (aborting the request on the workers, freeing its KV) and records
+``cancelled``. After each (re)subscription the listener checks the flags of the runs it has, so a
+cancel published while it was not listening (Redis restarting) is still seen. On the replica that
+runs it, the cancel endpoint cancels the task at once.
 """
 
 from __future__ import annotations
@@ -15,19 +18,21 @@ import asyncio
 import logging
 from typing import Any, Coroutine
 
-from .errors import APIError
-from .responses_records import ResponseRecords
-from .responses_run import ResponseRun
+from ..errors import APIError
+from .run import ResponseRun
+from .store import ResponseStore
 
 log = logging.getLogger(__name__)
 
+RESUBSCRIBE_S = 0.5
+
 
 class ResponseTasks:
-    def __init__(self, records: ResponseRecords, poll_s: float = 0.2):
-        self.records = records
-        self.poll_s = poll_s
+    def __init__(self, store: ResponseStore):
+        self.store = store
         self._tasks: set[asyncio.Task] = set()
         self._runs: dict[str, asyncio.Task] = {}
+        self._listener: asyncio.Task | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run ``coro`` as its own task, referenced until it ends."""
@@ -41,6 +46,8 @@ class ResponseTasks:
         task = self.spawn(self._background(run))
         self._runs[run.response_id] = task
         task.add_done_callback(lambda done: self._ended(done, run))
+        if self._listener is None or self._listener.done():
+            self._listener = self.spawn(self._listen())
 
     def _ended(self, task: asyncio.Task, run: ResponseRun) -> None:
         self._runs.pop(run.response_id, None)
@@ -56,7 +63,6 @@ class ResponseTasks:
         return True
 
     async def _background(self, run: ResponseRun) -> None:
-        watcher = self.spawn(self._watch(run.response_id, asyncio.current_task()))
         try:
             async for _ in run.events(to_client=False):
                 pass
@@ -65,16 +71,23 @@ class ResponseTasks:
         except APIError as err:
             log.error("background response %s could not be stored: %s", run.response_id,
                       err.message)
-        finally:
-            watcher.cancel()
 
-    async def _watch(self, response_id: str, task: asyncio.Task) -> None:
-        """Cancel ``task`` once a cancel of ``response_id`` is requested (on any replica)."""
-        while not task.done():
-            await asyncio.sleep(self.poll_s)
+    async def _listen(self) -> None:
+        """Cancel local runs named on the cancel channel; ends when no run is left."""
+        while self._runs:
             try:
-                if await self.records.cancel_requested(response_id):
-                    task.cancel()
-                    return
-            except APIError:    # the store is unreachable for now: keep watching
-                continue
+                async with self.store.cancels() as cancels:
+                    await self._cancel_flagged()
+                    async for response_id in cancels:
+                        if response_id:
+                            self.cancel_local(response_id)
+                        if not self._runs:
+                            return
+            except APIError as err:      # the store is unreachable for now: listen again soon
+                log.warning("cancel listener: %s", err.message)
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    async def _cancel_flagged(self) -> None:
+        for response_id in list(self._runs):
+            if await self.store.cancel_requested(response_id):
+                self.cancel_local(response_id)

@@ -12,8 +12,8 @@ import time
 import uuid
 from typing import Any
 
-from .responses_models import ResponseCreateRequest
-from .usage import UsageMeter
+from .models import ResponseCreateRequest
+from ..usage import UsageMeter
 
 ACTIVE = ("queued", "in_progress")          # the statuses of a response that is still running
 

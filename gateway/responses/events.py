@@ -11,24 +11,29 @@ then ends with ``response.failed``. A cancelled background response has no termi
 knows none): its stored record says ``cancelled``. No payload ever has a top-level ``error`` key
 (the SDK would raise on it mid-stream).
 
-Wire format: ``event: <type>`` and ``data: <compact JSON>`` lines and a blank line; no ``[DONE]``.
+Wire format (``as_sse``): ``event: <type>`` and ``data: <compact JSON>`` lines and a blank line;
+no ``[DONE]``.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, AsyncIterator
 
-from . import responses_object as objects
+from ..sse import Event, data_event
+from . import object as objects
 
 TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete",
             "failed": "response.failed"}
 TERMINAL_TYPES = frozenset(TERMINAL.values())
 
 
-def sse(event: dict[str, Any]) -> str:
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n"
+async def as_sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Event]:
+    """Events as server-sent events; closing this closes ``events`` (and so its run)."""
+    try:
+        async for event in events:
+            yield data_event(event, event["type"])
+    finally:
+        await events.aclose()
 
 
 class ResponseEvents:

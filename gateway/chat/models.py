@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .extra_fields import refuse_extra_fields
+from ..params import OpenAIRequest
 
 UINT32_MAX = 2**32 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -79,6 +79,7 @@ def _one_or_more(value: Any) -> Any:
 
 
 StopString = Annotated[str, Field(min_length=1)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
 class Message(BaseModel):
@@ -99,10 +100,10 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(OpenAIRequest):
     """POST /v1/chat/completions. Extra fields are collected only to be checked and refused."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    NOT_SUPPORTED = NOT_SUPPORTED
 
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -111,8 +112,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
-    stop: Annotated[list[StopString] | None, BeforeValidator(_one_or_more),
-                    Field(max_length=MAX_STOP_SEQUENCES)] = None
+    stop: Annotated[StopList | None, BeforeValidator(_one_or_more)] = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     full_text_enabled: bool | None = Field(None, alias="fullTextEnabled")
@@ -120,11 +120,6 @@ class ChatCompletionRequest(BaseModel):
     # Tandem extensions
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)   # 0 disables top-k
     ignore_eos: bool | None = None
-
-    @model_validator(mode="after")
-    def _refuse_other_fields(self) -> "ChatCompletionRequest":
-        refuse_extra_fields(self.model_extra, NOT_SUPPORTED)
-        return self
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "ChatCompletionRequest":

@@ -1,8 +1,8 @@
 """The seam between the HTTP layer and whatever runs requests.
 
 The HTTP layer (validation, OpenAI shapes, streaming) talks only to a ``Backend``. ``WorkerBackend``
-(gateway/workers.py) routes to disaggregated prefill/decode workers over gRPC; ``LocalBackend``
-runs an in-process engine (tests, and a single-process mode).
+(gateway/backend/workers.py) routes to disaggregated prefill/decode workers over gRPC; the tests
+also run the HTTP layer over an in-process engine (tests/gateway/local_backend.py).
 
 Contract of ``Backend.generate``: an async iterator of ``TokenChunk``; every chunk but the last
 carries exactly one token; the last has ``finished=True`` (it may also carry the last token).
@@ -14,13 +14,10 @@ first token end the stream with ``finish_reason="error"``.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
-from services.engine import LLMEngine, SamplingParams
+from services.engine import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -40,6 +37,18 @@ class TransferInfo:
     kv_bytes: int = 0
     kv_transfer_seconds: float = 0.0
     backend: str = ""
+
+    def headers(self) -> dict[str, str]:
+        """Where the request ran and how much KV moved, as ``x-tandem-*`` response headers."""
+        return {
+            "x-tandem-prefill-worker": self.prefill_worker_id,
+            "x-tandem-decode-worker": self.decode_worker_id,
+            "x-tandem-prefill-pid": str(self.prefill_pid),
+            "x-tandem-decode-pid": str(self.decode_pid),
+            "x-tandem-kv-bytes": str(self.kv_bytes),
+            "x-tandem-kv-transfer-seconds": f"{self.kv_transfer_seconds:.6f}",
+            "x-tandem-kv-backend": self.backend,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,55 +78,10 @@ class Backend(Protocol):
     max_model_len: int   # context length in tokens (prompt + output)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` through the model's chat template (raises InvalidRequestError)."""
+        """Token ids of ``messages`` through the model's chat template (raises InvalidRequestError).
+        CPU work: async callers run it in a worker thread, off the event loop."""
 
     def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]: ...
 
     async def ready(self) -> tuple[bool, str]:
         """(ready, reason): at least one live prefill and one live decode worker are reachable."""
-
-
-class LocalBackend:
-    """Runs an in-process engine on a background thread (no workers, no KV handoff)."""
-
-    def __init__(self, engine: LLMEngine):
-        self.engine = engine
-        self.model_name = engine.model_name
-        self.max_model_len = engine.max_model_len
-        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._wake = threading.Event()
-        threading.Thread(target=self._loop, daemon=True, name="local-engine").start()
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.engine.tokenizer.apply_chat_template(messages)
-
-    async def ready(self) -> tuple[bool, str]:
-        return True, "in-process engine"
-
-    async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        self._queues[params.request_id] = (loop, queue)
-        try:
-            self.engine.add_request(params.request_id, params.prompt_token_ids, params.sampling)
-            self._wake.set()
-            while True:
-                out = await queue.get()
-                yield TokenChunk(out.new_token_ids, out.text, time.perf_counter(), out.finished,
-                                 out.finish_reason, prompt_tokens=out.prompt_tokens,
-                                 completion_tokens=out.completion_tokens)
-                if out.finished:
-                    return
-        finally:
-            self._queues.pop(params.request_id, None)
-            self.engine.abort(params.request_id)
-
-    def _loop(self) -> None:
-        while True:
-            if not self.engine.has_unfinished():
-                self._wake.wait(0.05)
-                self._wake.clear()
-                continue
-            for out in self.engine.step():
-                entry = self._queues.get(out.request_id)
-                if entry:
-                    entry[0].call_soon_threadsafe(entry[1].put_nowait, out)

@@ -1,12 +1,12 @@
 """The stored-response endpoints: retrieve (plain or streamed), delete, cancel, input items.
 
-All of them read the response store through ``ResponseRecords`` (404 for a missing, expired or
-deleted response; 503 while Redis is unreachable), so any replica serves any response:
+All of them read the ``ResponseStore`` (404 for a missing, expired or deleted response; 503 while
+Redis is unreachable), so any replica serves any response:
 - retrieve with ``stream=true`` replays the event log after ``starting_after`` and follows a
-  running response (responses_replay.py);
-- cancel (background responses only) sets the store's cancel flag, which the replica running the
-  response polls (responses_background.py), and waits for it to record the end;
-- input items are paginated by item id (responses_conversation.page).
+  running response (replay.py);
+- cancel (background responses only) sets the store's cancel flag and publishes it, which the
+  replica running the response hears (background.py), and waits for it to record the end;
+- input items are paginated by item id (conversation.page).
 Query parameters other than the documented ones, and any ``include`` value, are refused.
 """
 
@@ -20,14 +20,15 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from .chat_stream import SSEResponse
-from .errors import APIError
-from .responses import ResponsesState, responses_state, sse_events
-from .responses_conversation import page
-from .responses_object import ACTIVE, finish
-from .responses_records import ResponseRecords, check_id
-from .responses_replay import follow
-from .state import GatewayState, gateway_state
+from ..errors import APIError
+from ..sse import SSEResponse
+from ..state import GatewayState, gateway_state
+from .conversation import page
+from .events import as_sse
+from .object import ACTIVE, finish
+from .replay import follow
+from .state import ResponsesState, responses_state
+from .store import ResponseStore, fetch, fetch_items, not_found
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +48,31 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
         raise APIError.invalid("Tandem never obfuscates stream events: 'include_obfuscation' can "
                                "only be false.", "include_obfuscation",
                                code="unsupported_parameter")
-    response = await shared.records.get(response_id)
+    response = await fetch(shared.store, response_id)
     if not stream:
         if starting_after is not None:
             raise APIError.invalid("'starting_after' is only allowed when 'stream' is true.",
                                    "starting_after")
         return JSONResponse(response)
     if not (response["background"] or response["status"] in ACTIVE
-            or await shared.records.has_events(response_id)):
+            or await shared.store.has_events(response_id)):
         raise APIError.invalid(f"Response '{response_id}' was created without stream or background"
                                "; it has no event stream to replay.", "stream")
     after = -1 if starting_after is None else starting_after
-    return SSEResponse(sse_events(follow(shared.records, response_id, after,
-                                         idle_timeout_s=state.settings.request_timeout_s)))
+    events = follow(shared.store, response_id, after, idle_timeout_s=state.settings.request_timeout_s)
+    return SSEResponse(as_sse(events), state.settings.sse_keepalive_s)
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request,
                           shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     check_query(request, set())
-    response = await shared.records.get(response_id)
-    await shared.records.delete(response_id)
+    response = await fetch(shared.store, response_id)
+    if not await shared.store.delete(response_id):
+        raise not_found(response_id, "response_id")
     if response["status"] in ACTIVE:        # stop it wherever it runs
         shared.tasks.cancel_local(response_id)
-        await shared.records.request_cancel(response_id)
+        await shared.store.request_cancel(response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
 
@@ -79,22 +81,22 @@ async def cancel_response(response_id: str, request: Request,
                           shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     """Cancel a background response; a finished one is returned unchanged."""
     check_query(request, set())
-    records = shared.records
-    response = await records.get(response_id)
+    store = shared.store
+    response = await fetch(store, response_id)
     if not response["background"]:
         raise APIError.invalid("Cannot cancel a synchronous response.", "response_id")
     if response["status"] in ACTIVE:
-        await records.request_cancel(response_id)
+        await store.request_cancel(response_id)
         shared.tasks.cancel_local(response_id)
-        response = await settled(records, response_id)
+        response = await settled(store, response_id)
     return JSONResponse(response)
 
 
-async def settled(records: ResponseRecords, response_id: str) -> dict[str, Any]:
+async def settled(store: ResponseStore, response_id: str) -> dict[str, Any]:
     """The response once its runner has recorded the end; if none does in time, cancel it here."""
     deadline = time.monotonic() + CANCEL_WAIT_S
     while True:
-        response = await records.get(response_id)
+        response = await fetch(store, response_id)
         if response["status"] not in ACTIVE:
             return response
         if time.monotonic() > deadline:      # its replica is gone: the record is ours to end
@@ -102,7 +104,7 @@ async def settled(records: ResponseRecords, response_id: str) -> dict[str, Any]:
                         response_id)
             response = finish(response, "cancelled", output=response["output"],
                               usage=response["usage"])
-            await records.update(response)
+            await store.update(response)
             return response
         await asyncio.sleep(0.05)
 
@@ -113,8 +115,7 @@ async def list_input_items(response_id: str, request: Request, after: str | None
                            order: Literal["asc", "desc"] = "desc",
                            shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     check_query(request, {"after", "limit", "order"})
-    check_id(response_id, "response_id")
-    items = await shared.records.input_items(response_id)
+    items = await fetch_items(shared.store, response_id)
     return JSONResponse(page(items, after=after, limit=limit, order=order))
 
 

@@ -1,34 +1,38 @@
 """``WorkerBackend``: runs requests on disaggregated workers found in the Redis registry.
 
-Per request: pick the least-loaded live decode worker and prefill worker, open the decode worker's
-``Generate`` stream naming the prefill worker, and turn its ``TokenEvent``s into ``TokenChunk``s.
-Where no prefill/decode pair is live but a ``colocated`` worker is (``tandem up --colocated``), the
-request goes to it whole.
+Per request: the routing view picks a decode worker and a prefill worker (gateway/routing.py), this
+opens the decode worker's ``Generate`` stream naming the prefill worker, and turns its
+``TokenEvent``s into ``TokenChunk``s. A colocated worker (``tandem up --colocated``) gets the
+request whole.
+
+Errors: INVALID_ARGUMENT → ``InvalidRequestError`` naming the field (trailing metadata); any other
+status before the first token → ``BackendUnavailable``; after it → a final chunk with
+``finish_reason="error"``. A stream that ends without a finished event is an error too.
 Closing the iterator cancels the gRPC call; the decode worker then aborts the request on both
 workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import AsyncIterator
 
 import grpc
 
-from gateway.backend import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
 from protos.tandem.v1 import worker_pb2 as pb
 from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services import wire
 from services.engine import InvalidRequestError
 from services.engine.tokenizer import Tokenizer
-from services.registry import WorkerRegistry, least_loaded
+
+from ..routing import RegistryView
+from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
 
 
 class WorkerBackend:
-    def __init__(self, registry: WorkerRegistry, tokenizer: Tokenizer, model_name: str, max_model_len: int,
+    def __init__(self, view: RegistryView, tokenizer: Tokenizer, model_name: str, max_model_len: int,
                  request_timeout_s: float = 600.0):
-        self.registry = registry
+        self.view = view
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
@@ -40,9 +44,9 @@ class WorkerBackend:
 
     async def ready(self) -> tuple[bool, str]:
         try:
-            workers = await asyncio.to_thread(self.registry.live)
-        except Exception as e:  # Redis down: not ready, and say why
-            return False, f"registry unreachable: {e}"
+            workers = await self.view.workers()
+        except BackendUnavailable as e:  # Redis down: not ready, and say why
+            return False, str(e)
         roles = {w.role for w in workers}
         missing = [r for r in ("prefill", "decode") if r not in roles]
         if missing and "colocated" not in roles:
@@ -60,7 +64,7 @@ class WorkerBackend:
             return False
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
-        decode, prefill = await self._route()
+        decode, prefill = await self.view.route()
         call = self._stub(decode.address).Generate(pb.GenerateRequest(
             request_id=params.request_id, prompt_token_ids=params.prompt_token_ids,
             sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address if prefill else "",
@@ -82,22 +86,6 @@ class WorkerBackend:
             yield TokenChunk([], "", time.perf_counter(), True, "error", error=f"worker failed: {e.details()}")
         finally:
             call.cancel()
-
-    async def _route(self):
-        """(decode worker, prefill worker), or (colocated worker, None) when no pair is live."""
-        try:
-            workers = await asyncio.to_thread(self.registry.live)   # one registry read per request
-        except Exception as e:
-            raise BackendUnavailable(f"worker registry unreachable: {e}") from e
-        by_role = lambda role: least_loaded([w for w in workers if w.role == role])  # noqa: E731
-        decode, prefill = by_role("decode"), by_role("prefill")
-        if decode is None or prefill is None:
-            colocated = by_role("colocated")
-            if colocated is not None:
-                return colocated, None
-        if decode is None or prefill is None:
-            raise BackendUnavailable(f"no live {'decode' if decode is None else 'prefill'} worker")
-        return decode, prefill
 
     def _stub(self, address: str) -> rpc.DecodeServiceStub:
         if address not in self._stubs:

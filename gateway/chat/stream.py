@@ -9,19 +9,14 @@ raises ``APIError`` on it) and then ``[DONE]``.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, AsyncIterator
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
-from .errors import APIError
-from .generation import Generation
+from ..errors import APIError
+from ..generation import Generation
+from ..sse import DONE, Event, data_event
 
 log = logging.getLogger(__name__)
-
-DONE = "data: [DONE]\n\n"
 
 
 class ChunkWriter:
@@ -36,40 +31,36 @@ class ChunkWriter:
         self.full_text = full_text
         self.text = ""
 
-    def role(self) -> str:
+    def role(self) -> Event:
         return self._chunk({"role": "assistant", "content": ""})
 
-    def content(self, text: str) -> str:
+    def content(self, text: str) -> Event:
         self.text += text
         return self._chunk({"content": text}, **({"full_text": self.text} if self.full_text else {}))
 
-    def finish(self, reason: str | None) -> str:
+    def finish(self, reason: str | None) -> Event:
         return self._chunk({}, finish_reason=reason)
 
-    def usage(self, usage: dict[str, Any]) -> str:
-        return _event({**self._head(), "choices": [], "usage": usage})
+    def usage(self, usage: dict[str, Any]) -> Event:
+        return data_event({**self._head(), "choices": [], "usage": usage})
 
     @staticmethod
-    def error(err: APIError) -> str:
-        return _event(err.body())
+    def error(err: APIError) -> Event:
+        return data_event(err.body())
 
     def _head(self) -> dict[str, Any]:
         return {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model}
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> Event:
         body = {**self._head(), "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                              "finish_reason": finish_reason}]}
         if self.include_usage:
             body["usage"] = None
-        return _event({**body, **extra})
+        return data_event({**body, **extra})
 
 
-def _event(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-async def chat_events(generation: Generation, writer: ChunkWriter) -> AsyncIterator[str]:
+async def chat_events(generation: Generation, writer: ChunkWriter) -> AsyncIterator[Event]:
     """The SSE body of a started ``generation``; closes it however the stream ends."""
     try:
         yield writer.role()
@@ -88,23 +79,3 @@ async def chat_events(generation: Generation, writer: ChunkWriter) -> AsyncItera
         yield DONE
     finally:
         await generation.aclose()
-
-
-class SSEResponse(StreamingResponse):
-    """A ``text/event-stream`` response that always closes its body iterator.
-
-    When the client disconnects, Starlette cancels the task sending the stream; if that task was in
-    ``send`` rather than in the iterator, the iterator would stay suspended (and the request keep
-    running) until garbage collection. Closing it here aborts the request at once.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncIterator[str]):
-        super().__init__(events, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()

@@ -19,12 +19,52 @@ message (a system preamble) and the newest turn are never dropped.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import APIError
-from .responses_models import InputMessage
-from .responses_object import new_id
+from services.engine import InvalidRequestError
+
+from ..backend import Backend
+from ..errors import APIError
+from .models import InputMessage, ResponseCreateRequest
+from .object import ACTIVE, new_id
+from .store import ResponseStore, fetch, fetch_items
+
+# Engine field → Responses field, for refusals.
+ENGINE_PARAMS = {"prompt": "input", "max_tokens": "max_output_tokens"}
+
+
+async def conversation(body: ResponseCreateRequest, store: ResponseStore, backend: Backend
+                       ) -> tuple[list[dict[str, Any]], "Prompt"]:
+    """The full input item list (history + new input) and the prompt built from it (the chat
+    template runs in a worker thread)."""
+    history: list[dict[str, Any]] = []
+    if body.previous_response_id is not None:
+        history = await _history(store, body.previous_response_id)
+    items = history + input_items(body.input)
+    max_model_len = backend.max_model_len
+    if body.max_output_tokens is not None and body.max_output_tokens >= max_model_len:
+        raise APIError.invalid(f"max_output_tokens must be less than this model's context of "
+                               f"{max_model_len} tokens.", "max_output_tokens")
+    try:
+        prompt = await asyncio.to_thread(
+            build_prompt, backend.chat_prompt, items, body.instructions,
+            max_output_tokens=body.max_output_tokens, max_model_len=max_model_len,
+            truncation=body.truncation or "disabled")
+    except InvalidRequestError as exc:       # the chat template refused a message
+        raise APIError.invalid(exc.message, "input") from None
+    return items, prompt
+
+
+async def _history(store: ResponseStore, parent_id: str) -> list[dict[str, Any]]:
+    param = "previous_response_id"
+    parent = await fetch(store, parent_id, param)
+    if parent["status"] in ACTIVE:
+        raise APIError.invalid(f"Previous response '{parent_id}' is still {parent['status']}; "
+                               "wait for it to finish before continuing it.", param)
+    return continued_items(parent, await fetch_items(store, parent_id, param))
+
 
 def input_items(messages: list[InputMessage]) -> list[dict[str, Any]]:
     """The request's input as stored items, each with an id."""

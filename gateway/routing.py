@@ -1,0 +1,93 @@
+"""Worker choice: which decode worker (and which prefill worker) runs a request.
+
+Rules:
+- Each gateway keeps a local view of the registry (``RegistryView``), re-read from Redis at most
+  once per ``refresh_s`` (``TANDEM_REGISTRY_REFRESH_S``, 1 s) by whichever request needs it first;
+  concurrent requests share that one read. A read costs O(live workers), never O(keyspace)
+  (services/registry.py), so stored responses cannot slow routing.
+- Choice (``route``): the least-loaded live decode worker and prefill worker (random among ties);
+  where no prefill/decode pair is live but a ``colocated`` worker is, that one runs it whole.
+  Between reads the view adds the requests this gateway sent to each worker to its published load,
+  so a burst within one refresh spreads instead of piling onto one worker.
+- The registry unreachable: ``BackendUnavailable`` (a 503), and the next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+
+import redis
+import redis.asyncio as aioredis
+
+from services.registry import LIVE, WorkerInfo, parse_live, registry_keys
+
+from .backend import BackendUnavailable
+
+
+class RegistryView:
+    def __init__(self, client: aioredis.Redis, namespace: str = "tandem", refresh_s: float = 1.0):
+        if refresh_s <= 0:
+            raise ValueError(f"refresh_s must be > 0, got {refresh_s}")
+        self._keys = registry_keys(namespace)
+        self._live = client.register_script(LIVE)
+        self.refresh_s = refresh_s
+        self._workers: list[WorkerInfo] = []
+        self._read_at = float("-inf")
+        self._reading: asyncio.Future | None = None
+        self._sent: Counter[str] = Counter()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers, read from Redis if the view is older than ``refresh_s``."""
+        if time.monotonic() - self._read_at >= self.refresh_s:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read())
+            reading = self._reading
+            try:
+                await asyncio.shield(reading)
+            finally:
+                if reading.done() and self._reading is reading:
+                    self._reading = None
+        return self._workers
+
+    async def route(self) -> tuple[WorkerInfo, WorkerInfo | None]:
+        """(decode worker, prefill worker), or (colocated worker, None) when no pair is live."""
+        workers = await self.workers()
+        decode, prefill = self._least_loaded(workers, "decode"), self._least_loaded(workers, "prefill")
+        if decode is None or prefill is None:
+            colocated = self._least_loaded(workers, "colocated")
+            if colocated is not None:
+                return self._sending(colocated), None
+            raise BackendUnavailable(f"no live {'decode' if decode is None else 'prefill'} worker")
+        return self._sending(decode), self._sending(prefill)
+
+    def _least_loaded(self, workers: list[WorkerInfo], role: str) -> WorkerInfo | None:
+        return least_loaded([w for w in workers if w.role == role], self._sent)
+
+    def _sending(self, worker: WorkerInfo) -> WorkerInfo:
+        self._sent[worker.worker_id] += 1
+        return worker
+
+    async def _read(self) -> None:
+        try:
+            reply = await self._live(keys=self._keys)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"worker registry unreachable: {type(exc).__name__}: {exc}") from exc
+        self._workers, self._read_at = parse_live(reply), time.monotonic()
+        self._sent.clear()
+
+
+def least_loaded(workers: list[WorkerInfo], sent: Counter[str] | None = None) -> WorkerInfo | None:
+    """The least loaded of ``workers`` (random among ties), or None for an empty list.
+
+    ``sent``: requests sent to each worker since its load was published, each counted as one
+    more running sequence.
+    """
+    if not workers:
+        return None
+    sent = sent or Counter()
+    loads = {w.worker_id: w.load + sent[w.worker_id] / w.max_num_seqs for w in workers}
+    least = min(loads.values())
+    return random.choice([w for w in workers if loads[w.worker_id] <= least + 1e-9])

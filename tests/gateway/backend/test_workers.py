@@ -1,0 +1,124 @@
+"""WorkerBackend's error mapping, against a real gRPC DecodeService that misbehaves on request.
+
+The servicer below is scripted by the request's prompt (its first token id says what to do); the
+registry is a real Redis. What is under test is only the gateway side: how each gRPC outcome
+becomes a chunk, an ``InvalidRequestError`` or ``BackendUnavailable``, and that closing the
+iterator cancels the call.
+"""
+
+import asyncio
+from dataclasses import replace
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.backend import BackendUnavailable, GenerateParams
+from gateway.backend.workers import WorkerBackend
+from gateway.routing import RegistryView
+from protos.tandem.v1 import worker_pb2 as pb
+from protos.tandem.v1 import worker_pb2_grpc as rpc
+from services import wire
+from services.engine import InvalidRequestError, SamplingParams
+from services.registry import WorkerRegistry
+from tandem.redis_server import EmbeddedRedis
+from tests.services.test_registry import worker
+
+pytestmark = pytest.mark.anyio
+OK, INVALID, UNAVAILABLE_FIRST, FAIL_AFTER_ONE, END_EARLY, HANG = range(6)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class Scripted(rpc.DecodeServiceServicer):
+    def __init__(self):
+        self.cancelled = asyncio.Event()
+
+    async def Generate(self, request, context):
+        what = request.prompt_token_ids[0]
+        if what == INVALID:
+            context.set_trailing_metadata(((wire.PARAM_KEY, "max_tokens"),))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens too large")
+        if what == UNAVAILABLE_FIRST:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "prefill worker unreachable")
+        yield pb.TokenEvent(token_ids=[7], text="a")
+        if what == FAIL_AFTER_ONE:
+            await context.abort(grpc.StatusCode.INTERNAL, "KV checksum mismatch")
+        if what == END_EARLY:
+            return
+        if what == HANG:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        yield pb.TokenEvent(token_ids=[8], text="b", finished=True,
+                            finish_reason=pb.FINISH_REASON_STOP, prompt_tokens=1, completion_tokens=2)
+
+    async def Status(self, request, context):
+        return pb.WorkerStatus(worker_id="d0", role="decode")
+
+
+@pytest.fixture
+async def backend(tmp_path):
+    server = grpc.aio.server()
+    servicer = Scripted()
+    rpc.add_DecodeServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        registry = WorkerRegistry(redis_server.client())
+        registry.publish(replace(worker("d0"), address=f"127.0.0.1:{port}"))
+        registry.publish(worker("p0", role="prefill"))
+        view = RegistryView(aioredis.Redis.from_url(redis_server.url, socket_timeout=1))
+        yield WorkerBackend(view, tokenizer=None, model_name="m", max_model_len=100,
+                            request_timeout_s=5), servicer
+    await server.stop(0)
+
+
+def params(what: int) -> GenerateParams:
+    return GenerateParams("req-1", [what], SamplingParams(max_tokens=4))
+
+
+async def collect(backend, what):
+    return [chunk async for chunk in backend.generate(params(what))]
+
+
+async def test_a_normal_stream_becomes_chunks(backend):
+    chunks = await collect(backend[0], OK)
+    assert [c.text for c in chunks] == ["a", "b"] and chunks[-1].finish_reason == "stop"
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (1, 2)
+    assert await backend[0].ready() == (True, "2 live workers")
+
+
+async def test_invalid_argument_is_a_refusal_naming_the_field(backend):
+    with pytest.raises(InvalidRequestError) as e:
+        await collect(backend[0], INVALID)
+    assert e.value.field == "max_tokens" and "too large" in e.value.message
+
+
+async def test_a_failure_before_the_first_token_is_backend_unavailable(backend):
+    with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):
+        await collect(backend[0], UNAVAILABLE_FIRST)
+
+
+async def test_a_failure_after_the_first_token_ends_the_stream_with_an_error(backend):
+    chunks = await collect(backend[0], FAIL_AFTER_ONE)
+    assert [c.text for c in chunks] == ["a", ""]
+    assert chunks[-1].finished and chunks[-1].finish_reason == "error"
+    assert "checksum" in chunks[-1].error
+
+
+async def test_a_stream_that_ends_without_finishing_is_an_error(backend):
+    chunks = await collect(backend[0], END_EARLY)
+    assert chunks[-1].finish_reason == "error" and "ended the stream early" in chunks[-1].error
+
+
+async def test_closing_the_iterator_cancels_the_call(backend):
+    stream = backend[0].generate(params(HANG))
+    assert (await anext(stream)).text == "a"
+    await stream.aclose()
+    await asyncio.wait_for(backend[1].cancelled.wait(), 5)

@@ -1,0 +1,104 @@
+"""Worker choice over a real Redis registry: the gateway's view, its refresh, and least-loaded."""
+
+import asyncio
+from collections import Counter
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.backend import BackendUnavailable
+from gateway.routing import RegistryView, least_loaded
+from services.registry import WorkerRegistry
+from tandem.redis_server import EmbeddedRedis, free_port
+from tests.services.test_registry import worker
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def registry(server):
+    client = server.client(timeout=0.5)
+    client.flushall()
+    yield WorkerRegistry(client)
+    client.close()
+
+
+def view(server, refresh_s=1.0):
+    return RegistryView(aioredis.Redis.from_url(server.url, socket_timeout=0.5), refresh_s=refresh_s)
+
+
+def test_least_loaded_chooses_the_least_loaded_worker():
+    workers = [worker("busy", running=8, waiting=3), worker("full-kv", running=1, free=0),
+               worker("idle", running=1, free=90)]
+    assert least_loaded(workers).worker_id == "idle"
+    assert least_loaded([]) is None
+
+
+def test_least_loaded_breaks_ties_randomly_and_counts_requests_sent():
+    workers = [worker(w, running=2) for w in ("d0", "d1", "d2")] + [worker("d3", running=3)]
+    assert {least_loaded(workers).worker_id for _ in range(60)} == {"d0", "d1", "d2"}
+    sent = Counter({"d0": 2, "d1": 2})     # two more each: now d2 is alone in front
+    assert {least_loaded(workers, sent).worker_id for _ in range(20)} == {"d2"}
+
+
+async def test_route_picks_a_pair_then_colocated_then_refuses(server, registry):
+    registry.publish(worker("d0"))
+    registry.publish(worker("p0", role="prefill"))
+    decode, prefill = await view(server).route()
+    assert (decode.worker_id, prefill.worker_id) == ("d0", "p0")
+    registry.remove("p0")
+    registry.publish(worker("c0", role="colocated"))
+    assert [w and w.worker_id for w in await view(server).route()] == ["c0", None]
+    registry.remove("c0")
+    with pytest.raises(BackendUnavailable, match="no live prefill"):
+        await view(server).route()
+
+
+async def test_a_burst_within_one_refresh_spreads_over_equal_workers(server, registry):
+    for w in ("d0", "d1"):
+        registry.publish(worker(w))
+    registry.publish(worker("p0", role="prefill"))
+    v = view(server, refresh_s=60)
+    picked = Counter([(await v.route())[0].worker_id for _ in range(8)])
+    assert picked == {"d0": 4, "d1": 4}
+
+
+async def test_the_view_reads_redis_at_most_once_per_refresh(server, registry):
+    registry.publish(worker("d0"))
+    v = view(server, refresh_s=0.3)
+    await asyncio.gather(*(v.workers() for _ in range(20)))   # 20 concurrent requests: one read
+    registry.publish(worker("d1"))
+    assert [w.worker_id for w in await v.workers()] == ["d0"]  # not re-read yet
+    await asyncio.sleep(0.35)
+    assert [w.worker_id for w in await v.workers()] == ["d0", "d1"]
+
+
+async def test_stored_responses_are_not_read_by_routing(server, registry):
+    """The view reads two keys, never the keyspace: 20,000 other keys change nothing."""
+    registry.publish(worker("d0"))
+    client = server.client(timeout=5)
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(20_000):
+            pipe.set(f"tandem:resp:{{resp_{i}}}", "{}")
+        pipe.execute()
+    before = client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+    assert [w.worker_id for w in await view(server).workers()] == ["d0"]
+    assert client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0) == before
+    client.close()
+
+
+async def test_an_unreachable_registry_is_backend_unavailable():
+    v = RegistryView(aioredis.Redis(port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2))
+    with pytest.raises(BackendUnavailable, match="registry unreachable"):
+        await v.route()
