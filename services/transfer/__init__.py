@@ -44,7 +44,7 @@ header and checksum failures leave it usable, timeouts and socket errors break i
 then closes it and pairs again under a new key.
 
 Files: ``header.py`` (the wire header), ``checksums.py`` (payload checksums), ``store.py`` (the
-decode worker's TCPStore), ``channel.py`` (one end of a pair), ``benchmark.py`` (throughput).
+decode worker's TCPStore), ``channel.py`` (one end of a pair). Throughput: ``benchmarks/kv_transfer.py``.
 """
 
 from .channel import RECEIVER, SENDER, KvChannel, backend_for
