@@ -97,6 +97,9 @@ def test_a_long_context_gets_a_decode_group_of_its_own():
 def test_group_by_context_splits_where_the_padding_saved_reaches_the_threshold():
     assert group_by_context([]) == []
     assert group_by_context([50]) == [(0, 1)]
+    assert group_by_context([50, 49, 48, 40]) == [(0, 4)]               # a little padding: one group
+    assert group_by_context([900, 60, 50, 40]) == [(0, 1), (1, 4)]      # one long context alone
+    assert group_by_context([900, 880, 300, 290, 40, 40], min_saving=512) == [(0, 2), (2, 4), (4, 6)]
     assert group_by_context([1000, 990, 100, 90, 10], min_saving=512) == [(0, 2), (2, 5)]
     assert group_by_context([1000, 990, 100, 90, 10], min_saving=80) == [(0, 2), (2, 4), (4, 5)]
     assert group_by_context([30, 20, 10], min_saving=10 ** 6) == [(0, 3)]
