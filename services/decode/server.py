@@ -10,7 +10,7 @@ A request's life here (``Generate``, one gRPC stream per request):
    and verify it (``KvPuller``); a failed or corrupt transfer ends the request with an error —
    this worker never decodes from KV it could not verify;
 4. the engine loop decodes it with everything else (continuous batching); each token is streamed;
-5. the final event carries usage, timings and transfer stats.
+5. the final event carries usage and transfer stats (the gateway times tokens itself).
 Cancelling the stream aborts the request here and on the prefill worker, freeing KV on both sides.
 """
 
@@ -142,7 +142,8 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         try:
             return prefill.Prefill(pb.PrefillRequest(
                 request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-                sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv), timeout=self.config.request_timeout_s)
+                sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv),
+                timeout=self.config.request_timeout_s)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
