@@ -6,6 +6,7 @@ Each request is non-streaming with ``max_tokens=2`` (so its KV crosses once); th
 ``x-tandem-kv-bytes`` / ``x-tandem-kv-transfer-seconds`` headers carry what the decode worker
 measured (SendKv call → verified KV in its cache, both checksums included). The machine's memory
 bandwidth is measured in the same run (a 512 MiB tensor copy, read + write bytes counted).
+``benchmarks/kv_transfer.py`` measures the channel alone, without workers or a gateway.
 """
 
 from __future__ import annotations

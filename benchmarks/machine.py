@@ -82,13 +82,14 @@ def speed_probe() -> float:
     wait_quiet()
     a = torch.ones(1024, 1024)
     b = torch.ones(1024, 1024)
-    return 2 * 1024 ** 3 / _best(lambda: torch.matmul(a, b), 3) / 1e9
+    return 2 * 1024 ** 3 / best_seconds(lambda: torch.matmul(a, b), 3) / 1e9
 
 
 # ----------------------------------------------------------------------------------------------
 # machine limits
 # ----------------------------------------------------------------------------------------------
-def _best(fn, reps: int) -> float:
+def best_seconds(fn, reps: int) -> float:
+    """Fastest of ``reps`` timed calls of ``fn``, after one untimed call."""
     fn()  # warm-up (first touch, kernel selection)
     best = float("inf")
     for _ in range(reps):
@@ -106,7 +107,7 @@ def measure_matmul(dtype: torch.dtype, sizes=(2048, 3072, 4096), reps: int = 3) 
         a = torch.randn(n, n, generator=g).to(dtype)
         b = torch.randn(n, n, generator=g).to(dtype)
         out = torch.empty(n, n, dtype=dtype)
-        t = _best(lambda: torch.matmul(a, b, out=out), reps)
+        t = best_seconds(lambda: torch.matmul(a, b, out=out), reps)
         rates[n] = 2 * n ** 3 / t / 1e9
     return {"gflops": max(rates.values()), "by_size": rates}
 
@@ -124,10 +125,42 @@ def measure_bandwidth(mib: int = 512, reps: int = 5) -> dict:
     z = torch.empty(n, dtype=torch.float32)
     z.fill_(0)  # first touch outside the timed region
     nbytes = n * 4
-    copy = 2 * nbytes / _best(lambda: z.copy_(x), reps) / 1e9
-    read = nbytes / _best(lambda: x.sum(), reps) / 1e9
-    add = 3 * nbytes / _best(lambda: torch.add(x, y, out=z), reps) / 1e9
+    copy = 2 * nbytes / best_seconds(lambda: z.copy_(x), reps) / 1e9
+    read = nbytes / best_seconds(lambda: x.sum(), reps) / 1e9
+    add = 3 * nbytes / best_seconds(lambda: torch.add(x, y, out=z), reps) / 1e9
     return {"gbps": max(copy, read, add), "copy": copy, "sum": read, "add": add, "buffer_mib": mib}
+
+
+class Limits:
+    """Matmul rates and memory bandwidth measured during one run; the rooflines use the best of them."""
+
+    def __init__(self):
+        self.runs: list[dict] = []
+
+    def measure(self, label: str) -> None:
+        wait_quiet()
+        with CpuMeter() as meter:
+            run = {"label": label, "float32": measure_matmul(torch.float32),
+                   "bfloat16": measure_matmul(torch.bfloat16), "bandwidth": measure_bandwidth()}
+        run["other_cores"] = meter.other_cores
+        self.runs.append(run)
+        b = run["bandwidth"]
+        log(f"limits ({label}): matmul fp32 {run['float32']['gflops']:.1f} GFLOP/s, bf16 "
+            f"{run['bfloat16']['gflops']:.1f} GFLOP/s (square n={'/'.join(map(str, run['float32']['by_size']))}, "
+            f"best); memory bandwidth {b['gbps']:.1f} GB/s (copy {b['copy']:.1f}, sum {b['sum']:.1f}, "
+            f"add {b['add']:.1f}; {b['buffer_mib']} MiB buffers); other load {meter.other_cores:.2f} cores")
+
+    def best(self, peak_gflops: str = "", bandwidth_gbps: float = 0.0) -> tuple[dict[str, float], float]:
+        """Peak FLOP/s by dtype name and bandwidth in bytes/s; given overrides ("fp32,bf16" GFLOP/s, GB/s) win."""
+        peaks = {n: max(r[n]["gflops"] for r in self.runs) * 1e9 for n in ("float32", "bfloat16")
+                 } if self.runs else {}
+        bw = max(r["bandwidth"]["gbps"] for r in self.runs) * 1e9 if self.runs else float("nan")
+        if peak_gflops:
+            f32, bf16 = (float(x) for x in peak_gflops.split(","))
+            peaks = {"float32": f32 * 1e9, "bfloat16": bf16 * 1e9}
+        if bandwidth_gbps:
+            bw = bandwidth_gbps * 1e9
+        return peaks, bw
 
 
 def cache_dir() -> Path:

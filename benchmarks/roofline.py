@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services.engine.config import ModelConfig
+from services.engine.config import DTYPES, ModelConfig
 from services.engine.kv_cache import kv_bytes_per_token
 
 
@@ -59,6 +59,18 @@ def apply_rooflines(r: "Result", peak_flops: float, bw: float) -> None:
     if r.bytes:
         r.bandwidth_roofline_tok_s = tokens * bw / r.bytes
         r.pct_bandwidth = 100 * r.tokens_per_s / r.bandwidth_roofline_tok_s
+
+
+def apply_limits(results: list["Result"], peaks: dict[str, float], bw: float) -> None:
+    """Achieved GFLOP/s of every result, and its roofline columns when the peaks are known."""
+    for r in results:
+        if r.flops and r.seconds:
+            r.achieved_gflops = r.flops / r.seconds / 1e9
+    if peaks:
+        for r in results:
+            if r.flops:
+                name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(DTYPES[r.dtype], "")
+                apply_rooflines(r, peaks.get(name, float("nan")), bw)
 
 
 @dataclass

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from benchmarks.baseline import hf_generate, load_hf, prefix_match  # noqa: E402
-from benchmarks.engine import LONG_TEXT, USER_PROMPTS  # noqa: E402
+from benchmarks.engine_runs import LONG_TEXT, USER_PROMPTS  # noqa: E402
 from benchmarks.machine import (CpuMeter, cache_dir, log, machine_info, measure_bandwidth,  # noqa: E402
                                 measure_matmul)
 from services.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402

@@ -32,8 +32,7 @@ def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
         stop_token_ids=tuple(msg.stop_token_ids), ignore_eos=msg.ignore_eos)
 
 
-def token_event(out: RequestOutput, worker_time: float) -> pb.TokenEvent:
+def token_event(out: RequestOutput) -> pb.TokenEvent:
     """A TokenEvent for one engine output (totals are filled in by the caller on the last one)."""
-    return pb.TokenEvent(token_ids=out.new_token_ids, text=out.text, worker_time=worker_time,
-                         finished=out.finished and not out.kv_held,
+    return pb.TokenEvent(token_ids=out.new_token_ids, text=out.text, finished=out.finished and not out.kv_held,
                          finish_reason=FINISH_REASONS[out.finish_reason])

@@ -61,10 +61,9 @@ def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> 
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
 
 
-def worker_status(engine: LLMEngine, config: WorkerConfig) -> pb.WorkerStatus:
+def worker_status(engine: LLMEngine) -> pb.WorkerStatus:
     s = engine.scheduler
-    return pb.WorkerStatus(worker_id=config.worker_id, role=config.role, pid=os.getpid(),
-                           num_running=len(s.running), num_waiting=len(s.waiting),
+    return pb.WorkerStatus(pid=os.getpid(), num_running=len(s.running), num_waiting=len(s.waiting),
                            free_blocks=engine.blocks.num_free, total_blocks=engine.blocks.num_blocks,
                            max_num_seqs=engine.config.max_num_seqs)
 

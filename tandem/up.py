@@ -52,12 +52,12 @@ def _preexec(core: int | None):
     return run
 
 
-def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None, extra: list[str] = ()) -> subprocess.Popen:
+def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None) -> subprocess.Popen:
     env = dict(os.environ, TANDEM_REDIS_URL=redis_url)
     if core is not None:
         env["TANDEM_NUM_THREADS"] = "1"
     argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--dtype", cfg.dtype,
-            *(["--model", cfg.model] if cfg.model else []), *extra]
+            *(["--model", cfg.model] if cfg.model else [])]
     return subprocess.Popen(argv, env=env, preexec_fn=_preexec(core))
 
 

@@ -10,7 +10,7 @@ A request's life here (``Generate``, one gRPC stream per request):
    and verify it (``KvPuller``); a failed or corrupt transfer ends the request with an error —
    this worker never decodes from KV it could not verify;
 4. the engine loop decodes it with everything else (continuous batching); each token is streamed;
-5. the final event carries usage, timings and transfer stats.
+5. the final event carries usage and transfer stats (the gateway times tokens itself).
 Cancelling the stream aborts the request here and on the prefill worker, freeing KV on both sides.
 """
 
@@ -51,7 +51,7 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.puller = puller
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
-        rid, start = request.request_id, time.perf_counter()
+        rid = request.request_id
         params = wire.sampling_from_proto(request.sampling)
         if params.seed is None:  # both workers must draw from the same seed
             params = dataclasses.replace(params, seed=random.getrandbits(62))
@@ -74,29 +74,29 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         outputs = self.loop.subscribe(rid)
         clean = False
         try:
-            clean = yield from self._run(request, prompt, params, prefill, outputs, cancelled, start, context)
+            clean = yield from self._run(request, prompt, params, prefill, outputs, cancelled, context)
         finally:
             self.loop.unsubscribe(rid)
             self.engine.abort(rid)   # no-op when it finished; frees its blocks otherwise
             if not clean and prefill is not None:
                 self._abort_prefill(prefill, rid)
 
-    def _run(self, request, prompt, params, prefill, outputs, cancelled, start, context):
+    def _run(self, request, prompt, params, prefill, outputs, cancelled, context):
         """Yield the request's events; return True when it ended cleanly (nothing left to abort)."""
         if prefill is None:
-            return (yield from self._run_colocated(request, prompt, params, outputs, cancelled, start))
+            return (yield from self._run_colocated(request, prompt, params, outputs, cancelled))
         rid = request.request_id
         reply = self._prefill(request, params, prefill, context)
         if reply.finished:
-            yield self._final_from_prefill(reply, len(prompt), time.perf_counter() - start)
+            yield self._final_from_prefill(reply, len(prompt))
             return True
         first = self.engine.adopt(rid, prompt, params, reply.first_token_id)
         stats = pb.TransferStats(prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
                                  prefill_pid=reply.pid, decode_pid=os.getpid())
         if first.finished:  # cannot happen while both workers run the same checks; stay correct anyway
-            yield self._final(first, reply.prefill_time, stats, start)
+            yield self._final(first, stats)
             return False    # the prefill worker still holds the KV: let the caller abort it
-        yield wire.token_event(first, time.perf_counter() - start)
+        yield wire.token_event(first)
         try:
             self._reserve(rid, cancelled)
             pulled = self.puller.pull(request.prefill_address, rid, reply.kv)
@@ -108,17 +108,17 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             return False
         stats.kv_bytes, stats.kv_transfer_seconds, stats.backend = pulled.nbytes, pulled.seconds, pulled.backend
         self.loop.wake()
-        return (yield from self._stream(outputs, cancelled, reply.prefill_time, stats, start))
+        return (yield from self._stream(outputs, cancelled, stats))
 
-    def _run_colocated(self, request, prompt, params, outputs, cancelled, start):
+    def _run_colocated(self, request, prompt, params, outputs, cancelled):
         """The colocated baseline: prefill and decode in this engine, no KV handoff."""
         self.engine.add_request(request.request_id, prompt, params)
         self.loop.wake()
         stats = pb.TransferStats(decode_worker_id=self.config.worker_id, prefill_worker_id=self.config.worker_id,
                                  prefill_pid=os.getpid(), decode_pid=os.getpid())
-        return (yield from self._stream(outputs, cancelled, None, stats, start))
+        return (yield from self._stream(outputs, cancelled, stats))
 
-    def _stream(self, outputs, cancelled, prefill_time, stats, start):
+    def _stream(self, outputs, cancelled, stats):
         """Relay engine outputs until the request finishes (True) or the call is cancelled (False)."""
         while not cancelled.is_set():
             try:
@@ -126,17 +126,15 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             except queue.Empty:
                 continue
             if out.finished:
-                yield self._final(out, prefill_time, stats, start)
+                yield self._final(out, stats)
                 return True
-            yield wire.token_event(out, time.perf_counter() - start)
+            yield wire.token_event(out)
         return False
 
     @staticmethod
-    def _final(out, prefill_time: float | None, stats: pb.TransferStats, start: float) -> pb.TokenEvent:
-        event = wire.token_event(out, time.perf_counter() - start)
+    def _final(out, stats: pb.TransferStats) -> pb.TokenEvent:
+        event = wire.token_event(out)
         event.prompt_tokens, event.completion_tokens = out.prompt_tokens, out.completion_tokens
-        event.prefill_time = out.prefill_time if prefill_time is None else prefill_time
-        event.decode_time_arr.extend(out.decode_time_arr)
         event.transfer.CopyFrom(stats)
         return event
 
@@ -144,8 +142,8 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         try:
             return prefill.Prefill(pb.PrefillRequest(
                 request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-                sampling=wire.sampling_to_proto(params), decode_worker_id=self.config.worker_id,
-                test_corrupt_kv=request.test_corrupt_kv), timeout=self.config.request_timeout_s)
+                sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv),
+                timeout=self.config.request_timeout_s)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
@@ -161,10 +159,10 @@ class DecodeServicer(rpc.DecodeServiceServicer):
                 raise RequestFailed("no KV blocks became free on the decode worker in time")
             time.sleep(0.01)
 
-    def _final_from_prefill(self, reply: pb.PrefillReply, prompt_tokens: int, elapsed: float) -> pb.TokenEvent:
-        return pb.TokenEvent(token_ids=[reply.first_token_id], text=reply.text, worker_time=elapsed, finished=True,
+    def _final_from_prefill(self, reply: pb.PrefillReply, prompt_tokens: int) -> pb.TokenEvent:
+        return pb.TokenEvent(token_ids=[reply.first_token_id], text=reply.text, finished=True,
                              finish_reason=reply.finish_reason, prompt_tokens=prompt_tokens, completion_tokens=1,
-                             prefill_time=reply.prefill_time, transfer=pb.TransferStats(
+                             transfer=pb.TransferStats(
                                  prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
                                  prefill_pid=reply.pid, decode_pid=os.getpid()))
 
@@ -179,4 +177,4 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         return pb.AbortReply(found=self.engine.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
-        return worker_status(self.engine, self.config)
+        return worker_status(self.engine)

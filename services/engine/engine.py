@@ -124,7 +124,7 @@ class LLMEngine:
         return max_tokens
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request (queued, running or held) and free its KV; False if unknown here."""
+        """Stop a request (queued, running, awaiting its KV, or with held KV) and free its KV; False if unknown."""
         with self._handoff_lock:
             if self._handoffs.pop(request_id, None) is not None:
                 return True
@@ -178,7 +178,7 @@ class LLMEngine:
             request_id=seq.request_id, new_token_ids=[token], text=text, finished=reason is not None or held,
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=len(seq.output_token_ids), prefill_time=seq.prefill_time,
-            decode_time_arr=list(seq.decode_times) if reason else [], token_time=now, kv_held=held)
+            decode_time_arr=list(seq.decode_times) if reason else [], kv_held=held)
 
     # -- disaggregation: the prefill side -------------------------------------------------------
     def take_held(self, request_id: str) -> torch.Tensor:
@@ -206,29 +206,23 @@ class LLMEngine:
                 del self._handoffs[rid]
         return old
 
-    def _held(self, request_id: str) -> Sequence:
-        live = self._live.get(request_id)
-        if live is None or live.seq.status is not SequenceStatus.HELD:
-            raise KeyError(f"request {request_id!r} holds no KV here")
-        return live.seq
-
     # -- disaggregation: the decode side --------------------------------------------------------
     def adopt(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
               first_token: int) -> RequestOutput:
-        """Take over a request prefilled elsewhere: record its first token, hold it for its KV.
+        """Take over a request prefilled elsewhere: record its first token; it then awaits its KV.
 
         The request owns no blocks until ``reserve_kv`` and is not scheduled until ``import_kv``.
         """
         with self._lock:
             seq = self._new_sequence(request_id, prompt_token_ids, params)
-            seq.status = SequenceStatus.HELD
+            seq.status = SequenceStatus.AWAITING_KV
             out = self._postprocess(seq, first_token, time.perf_counter())
             return out
 
     def reserve_kv(self, request_id: str) -> bool:
         """Allocate blocks for an adopted request's prompt and first token, if they are free now."""
         with self._lock:
-            seq = self._held(request_id)
+            seq = self._awaiting_kv(request_id)
             if not self.blocks.can_grow(seq.block_table, seq.num_tokens):
                 return False
             self.blocks.grow(seq.block_table, seq.num_tokens)
@@ -237,13 +231,19 @@ class LLMEngine:
     def import_kv(self, request_id: str, kv: torch.Tensor) -> None:
         """Write a verified prompt KV into the reserved blocks and queue the request for decoding."""
         with self._lock:
-            seq = self._held(request_id)
+            seq = self._awaiting_kv(request_id)
             if kv.shape[2] != seq.num_prompt_tokens:
                 raise ValueError(f"KV covers {kv.shape[2]} tokens, prompt has {seq.num_prompt_tokens}")
             self.cache.import_(seq.block_table, kv)
             seq.num_computed_tokens = seq.num_prompt_tokens
             seq.status = SequenceStatus.WAITING
             self.scheduler.add(seq)
+
+    def _awaiting_kv(self, request_id: str) -> Sequence:
+        live = self._live.get(request_id)
+        if live is None or live.seq.status is not SequenceStatus.AWAITING_KV:
+            raise KeyError(f"request {request_id!r} is not awaiting its KV here")
+        return live.seq
 
     def kv_shape(self, num_tokens: int) -> tuple[int, ...]:
         mc = self.model_config

@@ -28,7 +28,6 @@ class EngineLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="engine-loop")
-        self.steps = 0
 
     def start(self) -> "EngineLoop":
         self._thread.start()
@@ -64,7 +63,6 @@ class EngineLoop:
                 q = self._queues.get(out.request_id)
                 if q is not None:
                     q.put(out)
-            self.steps += 1
 
     @staticmethod
     def _guarded(fn):

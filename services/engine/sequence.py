@@ -1,8 +1,9 @@
 """A request inside the engine: its tokens, sampling parameters, KV blocks and timings.
 
-Ownership: a ``Sequence`` owns the KV blocks listed in ``block_table`` from the moment the scheduler
-allocates them until it finishes, is aborted, or is preempted; the scheduler returns them to the
-``BlockManager`` at each of those three points and nowhere else.
+Ownership: a ``Sequence`` owns the KV blocks listed in ``block_table`` from the moment they are
+allocated (by the scheduler, or by ``LLMEngine.reserve_kv`` for a sequence awaiting its KV) until it
+finishes, is aborted, or is preempted; the scheduler returns them to the ``BlockManager`` at each of
+those three points and nowhere else.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ class SamplingParams:
 
 
 class SequenceStatus(enum.Enum):
-    WAITING = "waiting"      # queued for the scheduler
-    RUNNING = "running"      # scheduled every step
-    HELD = "held"            # decode side: adopted, not scheduled; its KV has not arrived yet
+    WAITING = "waiting"          # queued for the scheduler
+    RUNNING = "running"          # scheduled every step
+    AWAITING_KV = "awaiting_kv"  # decode worker: adopted with its first token, not scheduled until
+                                 # its prompt KV is imported (prefill-side copies are "held KV")
     FINISHED = "finished"
 
 
@@ -94,10 +96,6 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
-
-    @property
-    def max_total_tokens(self) -> int:
-        return self.num_prompt_tokens + self.max_tokens
 
     def token_at(self, start: int, end: int) -> list[int]:
         """Tokens ``[start, end)`` of prompt + output, without concatenating the two."""
@@ -139,5 +137,4 @@ class RequestOutput:
     completion_tokens: int
     prefill_time: float | None
     decode_time_arr: list[float]
-    token_time: float
     kv_held: bool = False   # prefill-only request: first token made, KV held for handoff

@@ -53,7 +53,7 @@ class Detokenizer:
 
     Text is decoded over a short window of tokens (the vLLM "prefix/read offset" method) so a
     multi-byte character split across tokens is emitted only once complete. Text that could be the
-    start of a stop string is held back until it is known not to be one; a found stop string ends
+    start of a stop string is withheld until it is known not to be one; a found stop string ends
     the sequence and is not part of the text.
     """
 
@@ -69,7 +69,7 @@ class Detokenizer:
         self.stopped = False
 
     def push(self, token_id: int) -> str:
-        """Add a token; return the text now safe to emit (empty while held back)."""
+        """Add a token; return the text now safe to emit (empty while withheld)."""
         if token_id not in self.skip:
             self.tokens += self.tokenizer.convert_ids_to_tokens([token_id])
             prefix = self.tokenizer.convert_tokens_to_string(self.tokens[self.prefix_offset:self.read_offset])
@@ -86,12 +86,12 @@ class Detokenizer:
             if at != -1 and at < end:
                 end, self.stopped = at, True
         if not self.stopped:
-            end -= self._held_back()
+            end -= self._stop_prefix_len()
         delta = self.text[self.emitted:end]
         self.emitted = max(self.emitted, end)
         return delta
 
-    def _held_back(self) -> int:
+    def _stop_prefix_len(self) -> int:
         """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
         best = 0
         for s in self.stop:
@@ -102,7 +102,7 @@ class Detokenizer:
         return best
 
     def flush(self) -> str:
-        """Text held back for a stop string that never came; call once when the sequence ends."""
+        """Text withheld for a stop string that never came; call once when the sequence ends."""
         if self.stopped:
             return ""
         delta = self.text[self.emitted:]

@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import threading
-import time
 
 import grpc
 
@@ -71,15 +70,12 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
         reply = pb.PrefillReply(first_token_id=out.new_token_ids[0], text=out.text,
                                 finished=not out.kv_held, finish_reason=wire.FINISH_REASONS[out.finish_reason],
-                                prefill_time=out.prefill_time, prefill_worker_id=self.config.worker_id,
-                                pid=os.getpid())
+                                prefill_worker_id=self.config.worker_id, pid=os.getpid())
         if out.kv_held:
             shape = self.engine.kv_shape(out.prompt_tokens)
-            dtype = self.engine.config.torch_dtype
             reply.kv.CopyFrom(pb.KvDescriptor(
                 num_layers=shape[0], num_tokens=shape[2], num_kv_heads=shape[3], head_dim=shape[4],
-                dtype=str(dtype).removeprefix("torch."),
-                nbytes=self.engine.cache.kv.element_size() * shape[0] * 2 * shape[2] * shape[3] * shape[4]))
+                dtype=str(self.engine.config.torch_dtype).removeprefix("torch.")))
         return reply
 
     def Pair(self, request: pb.PairRequest, context: grpc.ServicerContext) -> pb.PairReply:
@@ -94,7 +90,7 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         if old is not None:
             old.close()
         log.info("paired with decode worker %s (%s)", request.decode_worker_id, channel.backend)
-        return pb.PairReply(prefill_worker_id=self.config.worker_id, backend=channel.backend)
+        return pb.PairReply()
 
     def SendKv(self, request: pb.SendKvRequest, context: grpc.ServicerContext) -> pb.SendKvReply:
         rid = request.request_id
@@ -111,21 +107,20 @@ class PrefillServicer(rpc.PrefillServiceServicer):
             except KvTransferError:
                 pass                          # the channel is broken now; the peer re-pairs
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        start = time.perf_counter()
         try:
-            nbytes = channel.send(rid, kv, corrupt=rid in self._corrupt)
+            channel.send(rid, kv, corrupt=rid in self._corrupt)
         except KvTransferError as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"KV send failed: {e}")
         finally:
             self._corrupt.discard(rid)
-        return pb.SendKvReply(nbytes=nbytes, send_seconds=time.perf_counter() - start)
+        return pb.SendKvReply()
 
     def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
         self._corrupt.discard(request.request_id)
         return pb.AbortReply(found=self.engine.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
-        return worker_status(self.engine, self.config)
+        return worker_status(self.engine)
 
     def housekeeping(self) -> None:
         for rid in self.engine.expire_held(self.config.held_kv_ttl_s):

@@ -14,7 +14,7 @@ Pairing and one transfer, driven by the decode worker (gRPC calls are the worker
       |-- Pair(store host:port, key, timeout) ---------gRPC------>| connect(key, rank=0)
       |   both ends: publish {backend, version} under the key and check the other's,
       |   build the 2-rank group, exchange a hello (NCCL opens its communicator here)
-      |<---------------------------------- PairReply(backend) ----|
+      |<------------------------------------------- PairReply ----|
       :                                                           :
       |-- Prefill(request) ----------------------------gRPC------>| first token; KV held here
       |<-------------------------- PrefillReply(KvDescriptor) ----|
@@ -25,7 +25,7 @@ Pairing and one transfer, driven by the decode worker (gRPC calls are the worker
       | check the header against the KvDescriptor                 |
       | recompute the checksum the header names                   |
       | verified: import into this worker's KV cache              |
-      |<------------------------------- SendKvReply(nbytes) ------|
+      |<----------------------------------------- SendKvReply ----|
 
 If the prefill worker no longer holds the KV it answers the posted recv with a header-only
 refusal (``KvChannel.refuse``) instead of leaving it to time out.
@@ -44,7 +44,7 @@ header and checksum failures leave it usable, timeouts and socket errors break i
 then closes it and pairs again under a new key.
 
 Files: ``header.py`` (the wire header), ``checksums.py`` (payload checksums), ``store.py`` (the
-decode worker's TCPStore), ``channel.py`` (one end of a pair), ``benchmark.py`` (throughput).
+decode worker's TCPStore), ``channel.py`` (one end of a pair). Throughput: ``benchmarks/kv_transfer.py``.
 """
 
 from .channel import RECEIVER, SENDER, KvChannel, backend_for

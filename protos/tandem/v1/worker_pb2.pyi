@@ -73,30 +73,24 @@ class TransferStats(_message.Message):
     def __init__(self, prefill_worker_id: _Optional[str] = ..., decode_worker_id: _Optional[str] = ..., prefill_pid: _Optional[int] = ..., decode_pid: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_seconds: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class TokenEvent(_message.Message):
-    __slots__ = ("token_ids", "text", "worker_time", "finished", "finish_reason", "prompt_tokens", "completion_tokens", "prefill_time", "decode_time_arr", "transfer", "error")
+    __slots__ = ("token_ids", "text", "finished", "finish_reason", "prompt_tokens", "completion_tokens", "transfer", "error")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
-    WORKER_TIME_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    PREFILL_TIME_FIELD_NUMBER: _ClassVar[int]
-    DECODE_TIME_ARR_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
-    worker_time: float
     finished: bool
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
-    prefill_time: float
-    decode_time_arr: _containers.RepeatedScalarFieldContainer[float]
     transfer: TransferStats
     error: str
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., worker_time: _Optional[float] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., prefill_time: _Optional[float] = ..., decode_time_arr: _Optional[_Iterable[float]] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -111,66 +105,57 @@ class AbortReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "role", "pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs")
-    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
-    ROLE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs")
     PID_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
-    worker_id: str
-    role: str
     pid: int
     num_running: int
     num_waiting: int
     free_blocks: int
     total_blocks: int
     max_num_seqs: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "decode_worker_id", "test_corrupt_kv")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "test_corrupt_kv")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
-    DECODE_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TEST_CORRUPT_KV_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
-    decode_worker_id: str
     test_corrupt_kv: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., decode_worker_id: _Optional[str] = ..., test_corrupt_kv: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., test_corrupt_kv: _Optional[bool] = ...) -> None: ...
 
 class KvDescriptor(_message.Message):
-    __slots__ = ("num_layers", "num_tokens", "num_kv_heads", "head_dim", "dtype", "nbytes")
+    __slots__ = ("num_layers", "num_tokens", "num_kv_heads", "head_dim", "dtype")
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
-    NBYTES_FIELD_NUMBER: _ClassVar[int]
     num_layers: int
     num_tokens: int
     num_kv_heads: int
     head_dim: int
     dtype: str
-    nbytes: int
-    def __init__(self, num_layers: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, num_layers: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PrefillReply(_message.Message):
-    __slots__ = ("first_token_id", "text", "finished", "finish_reason", "prefill_time", "kv", "prefill_worker_id", "pid")
+    __slots__ = ("first_token_id", "text", "finished", "finish_reason", "kv", "prefill_worker_id", "pid")
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
-    PREFILL_TIME_FIELD_NUMBER: _ClassVar[int]
     KV_FIELD_NUMBER: _ClassVar[int]
     PREFILL_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -178,11 +163,10 @@ class PrefillReply(_message.Message):
     text: str
     finished: bool
     finish_reason: FinishReason
-    prefill_time: float
     kv: KvDescriptor
     prefill_worker_id: str
     pid: int
-    def __init__(self, first_token_id: _Optional[int] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prefill_time: _Optional[float] = ..., kv: _Optional[_Union[KvDescriptor, _Mapping]] = ..., prefill_worker_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    def __init__(self, first_token_id: _Optional[int] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., kv: _Optional[_Union[KvDescriptor, _Mapping]] = ..., prefill_worker_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class PairRequest(_message.Message):
     __slots__ = ("decode_worker_id", "store_host", "store_port", "pair_key", "timeout_seconds")
@@ -199,12 +183,8 @@ class PairRequest(_message.Message):
     def __init__(self, decode_worker_id: _Optional[str] = ..., store_host: _Optional[str] = ..., store_port: _Optional[int] = ..., pair_key: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class PairReply(_message.Message):
-    __slots__ = ("prefill_worker_id", "backend")
-    PREFILL_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
-    BACKEND_FIELD_NUMBER: _ClassVar[int]
-    prefill_worker_id: str
-    backend: str
-    def __init__(self, prefill_worker_id: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class SendKvRequest(_message.Message):
     __slots__ = ("request_id", "decode_worker_id")
@@ -215,9 +195,5 @@ class SendKvRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., decode_worker_id: _Optional[str] = ...) -> None: ...
 
 class SendKvReply(_message.Message):
-    __slots__ = ("nbytes", "send_seconds")
-    NBYTES_FIELD_NUMBER: _ClassVar[int]
-    SEND_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    nbytes: int
-    send_seconds: float
-    def __init__(self, nbytes: _Optional[int] = ..., send_seconds: _Optional[float] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,13 +1,12 @@
 """Loading: GGUF conversion details and Hugging Face-style directories (untied embeddings too)."""
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from services.engine import EngineConfig, LLMEngine, SamplingParams
 from services.engine.checkpoint import _unpermute, convert_gguf_cached, default_model_path
+from tests.services import tiny_model
 
 
 def llama_cpp_permute(w, n_head):
@@ -20,6 +19,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
     np.testing.assert_array_equal(_unpermute(llama_cpp_permute(w, 3), 3), w)
 
 
+@pytest.mark.slow
 def test_gguf_conversion_is_cached(settings):
     first = convert_gguf_cached(default_model_path(), settings.cache_dir)
     assert (first / "model.safetensors").exists() and (first / "config.json").exists()
@@ -27,27 +27,24 @@ def test_gguf_conversion_is_cached(settings):
 
 
 @pytest.fixture(scope="module")
-def tiny_hf_dir(tmp_path_factory, engine):
-    """A random-weight Llama with untied embeddings saved by transformers, with SmolLM2's tokenizer."""
+def tiny_hf_dir(tmp_path_factory):
+    """A random-weight Llama with untied embeddings saved by transformers, with a tiny BPE tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(vocab_size=engine.model_config.vocab_size, hidden_size=64, intermediate_size=128,
+    config = LlamaConfig(vocab_size=tiny_model.save_tokenizer(out), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, rope_theta=50000.0, tie_word_embeddings=False,
                          eos_token_id=2, bos_token_id=1)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out, safe_serialization=True)
-    for f in engine.model_dir.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(f, out / f.name)
     return out, model
 
 
-def test_hf_directory_with_untied_head_matches_transformers(tiny_hf_dir, settings):
+def test_hf_directory_with_untied_head_matches_transformers(tiny_hf_dir, tmp_path):
     path, reference = tiny_hf_dir
-    engine = LLMEngine(EngineConfig(model=str(path), kv_cache_bytes=16 << 20), settings.cache_dir)
+    engine = LLMEngine(EngineConfig(model=str(path), kv_cache_bytes=16 << 20), tmp_path)
     assert engine.model_config.tie_word_embeddings is False
     assert engine.max_model_len == 256 and engine.model_name == path.name
     prompt = engine.chat_prompt("hello there")
@@ -58,6 +55,7 @@ def test_hf_directory_with_untied_head_matches_transformers(tiny_hf_dir, setting
     assert ours.token_ids == ref
 
 
+@pytest.mark.slow
 def test_bf16_engine_answers_paris(settings):
     engine = LLMEngine(EngineConfig(dtype="bfloat16", kv_cache_bytes=64 << 20), settings.cache_dir)
     [c] = engine.generate([engine.chat_prompt("What is the capital of France?")],

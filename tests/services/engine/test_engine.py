@@ -79,16 +79,6 @@ def test_decode_groups_of_very_different_contexts_match_running_alone(engine, mo
     assert max(len(groups) for groups in seen) >= 2, seen   # the long context was split off
 
 
-def test_group_by_context_splits_where_padding_would_be_wasted():
-    from services.engine.model_runner import group_by_context
-
-    assert group_by_context([]) == []
-    assert group_by_context([50, 49, 48, 40]) == [(0, 4)]               # a little padding: one group
-    assert group_by_context([900, 60, 50, 40]) == [(0, 1), (1, 4)]      # one long context alone
-    assert group_by_context([900, 880, 300, 290, 40, 40], min_saving=512) == [(0, 2), (2, 4), (4, 6)]
-    assert group_by_context([900, 40], min_saving=10**6) == [(0, 2)]
-
-
 def test_seed_reproducible_and_seeds_differ(engine):
     prompt = engine.chat_prompt("Tell me a story about a dragon.")
     p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=1234)

@@ -1,11 +1,12 @@
-"""Checksum and transfer throughput of the KV handoff on this machine.
+"""Checksum and transfer throughput of the KV channel on this machine, without workers.
 
-    python -m services.transfer.benchmark [--tokens 455] [--dtype float32] [--repeats 10] [--device cpu]
+    python -m benchmarks.kv_transfer [--tokens 455] [--dtype float32] [--repeats 10] [--device cpu]
 
 The default KV is SmolLM2-135M's (30 layers, 3 KV heads of 64) for 455 tokens: about 21 MB in
 float32. This process is the decode end (store + rank 1); a spawned process is the prefill end.
 A transfer is timed at the receiver from posting ``recv`` to holding verified KV, so it includes
 the sender's checksum, the header, the payload and the receiver's checksum, like SendKv does.
+``benchmarks/kv_handoff.py`` measures the same handoff through a running Tandem, per prompt length.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import time
 
 import torch
 
-from .channel import KvChannel
-from .checksums import checksum
-from .header import DTYPES
-from .store import KvStoreServer
+from benchmarks.machine import best_seconds
+from services.transfer import KvChannel, KvStoreServer, checksum
+from services.transfer.header import DTYPES
 
 _KEY = "bench"
 
@@ -36,7 +36,7 @@ def main() -> None:
     kv = torch.randn(shape).to(DTYPES[args.dtype]).to(args.device)
     mb = kv.numel() * kv.element_size() / 1e6
     for algo in ("crc32", "wsum64"):
-        seconds = _best(lambda: checksum(kv, algo), args.repeats)
+        seconds = best_seconds(lambda: checksum(kv, algo), args.repeats)
         print(f"checksum {algo:7s} {mb:7.1f} MB on {kv.device}: {mb / seconds:8.0f} MB/s")
     print(f"transfer {mb:7.1f} MB: " + _transfer(shape, args.dtype, args.device, args.repeats, mb))
 
@@ -68,15 +68,6 @@ def _send(port: int, shape: tuple[int, ...], dtype: str, device: str, count: int
     with KvChannel.connect("127.0.0.1", port, _KEY, 0, device, timeout_s=60) as channel:
         for i in range(count):
             channel.send(f"bench-{i}", kv)
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 if __name__ == "__main__":
