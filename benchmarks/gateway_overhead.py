@@ -1,7 +1,9 @@
 """Does a Redis full of stored responses slow the gateway? Before/after, side by side, one run.
 
 Before this change every routed request SCANned Redis for worker keys, and Redis also holds every
-stored response for 30 days, so routing cost grew with the stored responses. This benchmark runs
+stored response for 30 days, so routing cost grew with the stored responses. This benchmark first times one registry read as each version does it per
+request (median of many, in this process: the old SCAN + MGET against the new script call over
+two keys), then runs
 the same ``tandem up`` deployment against two Redis servers — one empty, one holding ``--stored``
 responses (a record and its input items each, like the real ones) — with the current code and,
 given ``--before PATH`` (a checkout of an older commit, e.g. ``git worktree add /tmp/before
@@ -20,7 +22,10 @@ The machine's limits and load are printed with every ``tandem bench`` result (it
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -56,14 +61,57 @@ def fill(redis: EmbeddedRedis, stored: int) -> None:
     print(f"redis {redis.url}: {client.dbsize()} keys", flush=True)
 
 
+def time_reads(read, n: int = 200) -> float:
+    """Median milliseconds of ``read()`` over ``n`` calls."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        read()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def registry_reads(redis: dict[str, EmbeddedRedis], before: Path | None) -> None:
+    """One routed request's registry read, per version and Redis, with two live workers."""
+    import redis.asyncio as aioredis
+
+    from gateway.routing import RegistryView
+    from services.registry import WorkerInfo, WorkerRegistry
+
+    old = _load("before_registry", before / "services" / "registry.py") if before else None
+    for label, server in redis.items():
+        info = [WorkerInfo(f"w{i}", role, "127.0.0.1:1", 1, 8, 0, 0, 10, 10)
+                for i, role in enumerate(("prefill", "decode"))]
+        loop = asyncio.new_event_loop()
+        view = RegistryView(aioredis.Redis.from_url(server.url), refresh_s=1e-9)
+        for w in info:
+            WorkerRegistry(server.client()).publish(w)
+        row = {"after": time_reads(lambda: loop.run_until_complete(view._read()))}
+        if old is not None:
+            registry = old.WorkerRegistry(server.client())
+            for w in info:
+                registry.publish(old.WorkerInfo(**w.__dict__))
+            row["before"] = time_reads(registry.live)
+        loop.close()
+        print(f"registry read, redis {label}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in row.items()),
+              flush=True)
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
 def deployments(code: dict[str, Path | None], redis: dict[str, EmbeddedRedis]) -> list[str]:
     """``--deploy`` arguments: each code version against each Redis, on its own port."""
     argv, port = [], 8710
     for version, path in code.items():
         for label, server in redis.items():
-            env = f"TANDEM_REDIS_URL={server.url} TANDEM_KV_CACHE_GB=0.5"
-            if path is not None:
-                env += f" PYTHONPATH={path}"
+            # ``python -m`` puts the working directory first on sys.path: run in the checkout.
+            env = f"-C {path or Path.cwd()} TANDEM_REDIS_URL={server.url} TANDEM_KV_CACHE_GB=0.5"
             argv += ["--deploy", f"{version}-{label}", f"http://127.0.0.1:{port}/v1",
                      f"env {env} {sys.executable} -m tandem.cli up --port {port}"]
             port += 1
@@ -74,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stored", type=int, default=100_000)
     ap.add_argument("--before", type=Path, default=None, help="checkout of the code to compare")
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--registry-only", action="store_true", help="only the registry read timing")
     ap.add_argument("--out", type=Path, default=Path("bench-results") / time.strftime("gw-%Y%m%d-%H%M"))
     args = ap.parse_args(argv)
     code = {"after": None, **({"before": args.before.resolve()} if args.before else {})}
@@ -82,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             EmbeddedRedis(Path(tmp) / "empty") as empty, EmbeddedRedis(Path(tmp) / "full") as full:
         fill(full, args.stored)
         redis = {"0": empty, f"{args.stored // 1000}k": full}
+        registry_reads(redis, code.get("before"))
+        if args.registry_only:
+            return 0
         for name, workload in WORKLOADS.items():
             print(f"== {name}", flush=True)
             serving_experiments.main([*deployments(code, redis), "--rounds", str(args.rounds),

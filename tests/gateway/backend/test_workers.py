@@ -59,7 +59,7 @@ class Scripted(rpc.DecodeServiceServicer):
                             finish_reason=pb.FINISH_REASON_STOP, prompt_tokens=1, completion_tokens=2)
 
     async def Status(self, request, context):
-        return pb.WorkerStatus(worker_id="d0", role="decode")
+        return pb.WorkerStatus(pid=1)
 
 
 @pytest.fixture
