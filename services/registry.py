@@ -71,6 +71,7 @@ class WorkerInfo:
     free_blocks: int      # KV cache blocks on the free list
     total_blocks: int
     kv_store: str = ""    # decode workers: host:port of their torch.distributed TCPStore
+    metrics_address: str = ""   # host:port serving Prometheus /metrics ("" from older workers)
     started_at: float = 0.0
     updated_at: float = 0.0
 

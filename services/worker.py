@@ -1,7 +1,8 @@
 """What both worker processes share: their config, status, gRPC server and registry heartbeat.
 
-A worker's life: build the engine (loads the model), start the engine loop and the gRPC server,
-announce itself in the registry with a heartbeat that expires, serve until SIGTERM/SIGINT, then
+A worker's life: build the engine (loads the model), start the engine loop and the gRPC server
+(with the standard gRPC health service, services/health.py), serve Prometheus metrics on the
+metrics port (services/metrics.py), announce itself in the registry with a heartbeat that expires, serve until SIGTERM/SIGINT, then
 leave the registry, stop the server (in-flight calls get a grace period) and exit.
 """
 
@@ -43,6 +44,8 @@ class WorkerConfig:
     max_held_kv_bytes: int = 1 << 30
     heartbeat_ttl_s: float = 5.0
     test_hooks: bool = False
+    metrics_port: int = 0          # Prometheus /metrics on ``host``; 0 picks a free port
+    engine_stall_s: float = 60.0   # gRPC health says NOT_SERVING once the engine loop stalls this long
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "colocated"):
@@ -66,6 +69,19 @@ def worker_status(engine: LLMEngine) -> pb.WorkerStatus:
     return pb.WorkerStatus(pid=os.getpid(), num_running=len(s.running), num_waiting=len(s.waiting),
                            free_blocks=engine.blocks.num_free, total_blocks=engine.blocks.num_blocks,
                            max_num_seqs=engine.config.max_num_seqs)
+
+
+def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metrics) -> tuple:
+    """Serve gRPC health for ``service`` on ``server`` and ``metrics`` over HTTP.
+
+    Returns (``EngineHealth``, the metrics ``host:port`` others scrape).
+    """
+    from services import metrics as worker_metrics
+    from services.health import EngineHealth
+
+    health = EngineHealth(loop, service, stall_s=config.engine_stall_s).attach(server)
+    port = worker_metrics.serve(metrics, config.host, config.metrics_port)
+    return health, f"{config.dial_host}:{port}"
 
 
 def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:

@@ -67,6 +67,8 @@ def _main(argv: list[str] | None) -> int:
         w.add_argument("--advertise-host", default="", help="address others dial (default: --host)")
         w.add_argument("--worker-id", default="")
         w.add_argument("--max-num-seqs", type=int, default=64)
+        w.add_argument("--metrics-port", type=int, default=Settings.from_env().metrics_port,
+                       help="Prometheus /metrics port (0 = any free port; default: TANDEM_METRICS_PORT)")
         if role != "colocated":   # a colocated worker moves no KV
             w.add_argument("--kv-timeout", type=float, default=Settings.from_env().kv_timeout_s,
                            help="seconds for KV pairing and transfers (default: TANDEM_KV_TIMEOUT_S)")
@@ -134,7 +136,8 @@ def worker_command(args: argparse.Namespace) -> int:
                           worker_id=args.worker_id, test_hooks=s.test_hooks,
                           kv_timeout_s=getattr(args, "kv_timeout", s.kv_timeout_s),
                           request_timeout_s=s.request_timeout_s, held_kv_ttl_s=s.held_kv_ttl_s,
-                          max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s)
+                          max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s,
+                          metrics_port=args.metrics_port, engine_stall_s=s.engine_stall_s)
     if args.command == "prefill":
         from services.prefill.main import serve
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
                                                         "(pairing, header, payload)")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker missing heartbeats for this "
                                                           "long leaves the registry")
+    metrics_port: int = Field(0, ge=0, le=65535, description="worker: Prometheus /metrics port "
+                              "(0: a free port; `tandem up` always picks free ports)")
+    engine_stall_s: float = Field(60.0, gt=0, description="worker: gRPC health turns NOT_SERVING "
+                                  "when the engine loop has not turned for this long")
     test_hooks: bool = Field(False, description="honour test-only request hooks")
     # -- gateway and requests -------------------------------------------------------------------
     request_timeout_s: float = Field(600.0, gt=0, description="one request from arrival to its "

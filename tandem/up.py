@@ -56,7 +56,8 @@ def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None) -> 
     env = dict(os.environ, TANDEM_REDIS_URL=redis_url)
     if core is not None:
         env["TANDEM_NUM_THREADS"] = "1"
-    argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--dtype", cfg.dtype,
+    argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--metrics-port", "0",
+            "--dtype", cfg.dtype,
             *(["--model", cfg.model] if cfg.model else [])]
     return subprocess.Popen(argv, env=env, preexec_fn=_preexec(core))
 
@@ -139,6 +140,7 @@ def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, r
             with urllib.request.urlopen(f"{url}/ready", timeout=2) as r:
                 if r.status == 200:
                     print(f"Tandem is ready at {url}/v1  (redis: {redis_url}; Ctrl-C to stop)", flush=True)
+                    _announce_observability(url, redis_url)
                     break
         except OSError:
             pass
@@ -155,6 +157,23 @@ def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, r
         if redis is not None and not redis.running:
             _restart_redis(redis)
         time.sleep(1)
+
+
+def _announce_observability(url: str, redis_url: str) -> None:
+    """Print where each process serves its metrics (workers: as announced in the registry)."""
+    import redis as redis_client
+
+    from services.registry import WorkerRegistry
+
+    print(f"  status page: {url}/status   gateway metrics: {url}/metrics", flush=True)
+    try:
+        workers = WorkerRegistry(redis_client.Redis.from_url(redis_url, socket_timeout=2)).live()
+    except redis_client.RedisError as e:
+        log.warning("could not list the workers' metrics addresses: %s", e)
+        return
+    for w in workers:
+        print(f"  {w.role} worker {w.worker_id}: grpc {w.address}   "
+              f"metrics http://{w.metrics_address}/metrics", flush=True)
 
 
 def _restart_redis(redis: EmbeddedRedis) -> None:

@@ -129,6 +129,9 @@ class KvPuller:
             del self._channels[address]
         channel.close()
 
+    def pairs_open(self) -> int:
+        return sum(not c.broken for c in list(self._channels.values()))
+
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()

@@ -10,8 +10,9 @@ from services.decode.handoff import KvPuller
 from services.decode.server import DecodeServicer
 from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
+from services.metrics import WorkerMetrics
 from services.transfer import KvStoreServer
-from services.worker import WorkerConfig, grpc_server, registry_heartbeat, run_until_signal
+from services.worker import WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +24,24 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> None:
     if config.role == "decode":   # a colocated worker prefills itself: no KV comes in
         store = KvStoreServer(config.host, kv_port)
         puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s)
-    servicer = DecodeServicer(loop, config, puller)
+    metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
+    metrics.bind(engine, puller.pairs_open if puller else lambda: 0)
+    servicer = DecodeServicer(loop, config, puller, metrics)
     server, port = grpc_server(config)
     rpc.add_DecodeServiceServicer_to_server(servicer, server)
+    health, metrics_address = observe(config, loop, server, "tandem.v1.DecodeService", metrics)
     server.start()
     address = f"{config.dial_host}:{port}"
-    extra = {"kv_store": f"{config.dial_host}:{store.port}"} if store else {}
+    extra = {"metrics_address": metrics_address}
+    if store:
+        extra["kv_store"] = f"{config.dial_host}:{store.port}"
     heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None), extra=extra)
-    log.info("%s worker %s serving on %s%s", config.role, config.worker_id, address,
-             f" (KV store on port {store.port})" if store else "")
-    print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address}", flush=True)
+    log.info("%s worker %s serving on %s%s, metrics on http://%s/metrics", config.role, config.worker_id,
+             address, f" (KV store on port {store.port})" if store else "", metrics_address)
+    print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address} metrics={metrics_address}", flush=True)
 
     def stop():
+        health.stop()
         if heartbeat:
             heartbeat.stop()
         loop.stop()

@@ -32,6 +32,7 @@ from services import wire
 from services.decode.handoff import KvPuller
 from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
+from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvTransferError
 from services.worker import WorkerConfig, abort_invalid, worker_status
 
@@ -43,15 +44,18 @@ class RequestFailed(Exception):
 
 
 class DecodeServicer(rpc.DecodeServiceServicer):
-    def __init__(self, loop: EngineLoop, config: WorkerConfig, puller: KvPuller | None):
+    def __init__(self, loop: EngineLoop, config: WorkerConfig, puller: KvPuller | None,
+                 metrics: WorkerMetrics | None = None):
         """``puller`` None: a colocated worker, which prefills itself and pulls no KV."""
         self.loop = loop
         self.engine = loop.engine
         self.config = config
         self.puller = puller
+        self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         rid = request.request_id
+        arrival = time.perf_counter()
         params = wire.sampling_from_proto(request.sampling)
         if params.seed is None:  # both workers must draw from the same seed
             params = dataclasses.replace(params, seed=random.getrandbits(62))
@@ -74,17 +78,18 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         outputs = self.loop.subscribe(rid)
         clean = False
         try:
-            clean = yield from self._run(request, prompt, params, prefill, outputs, cancelled, context)
+            clean = yield from self._run(request, prompt, params, prefill, outputs, cancelled, context,
+                                         arrival)
         finally:
             self.loop.unsubscribe(rid)
             self.engine.abort(rid)   # no-op when it finished; frees its blocks otherwise
             if not clean and prefill is not None:
                 self._abort_prefill(prefill, rid)
 
-    def _run(self, request, prompt, params, prefill, outputs, cancelled, context):
+    def _run(self, request, prompt, params, prefill, outputs, cancelled, context, arrival):
         """Yield the request's events; return True when it ended cleanly (nothing left to abort)."""
         if prefill is None:
-            return (yield from self._run_colocated(request, prompt, params, outputs, cancelled))
+            return (yield from self._run_colocated(request, prompt, params, outputs, cancelled, arrival))
         rid = request.request_id
         reply = self._prefill(request, params, prefill, context)
         if reply.finished:
@@ -97,39 +102,64 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             yield self._final(first, stats)
             return False    # the prefill worker still holds the KV: let the caller abort it
         yield wire.token_event(first)
+        self.metrics.ttft.observe(time.perf_counter() - arrival)
         try:
             self._reserve(rid, cancelled)
             pulled = self.puller.pull(request.prefill_address, rid, reply.kv)
             self.engine.import_kv(rid, pulled.kv)
         except (KvTransferError, RequestFailed, ValueError) as e:
             log.warning("request %s failed in KV handoff: %s", rid, e)
+            self._handoff_failed(e)
             yield pb.TokenEvent(finished=True, finish_reason=pb.FINISH_REASON_ERROR,
                                 error=f"KV handoff failed: {e}", transfer=stats)
             return False
         stats.kv_bytes, stats.kv_transfer_seconds, stats.backend = pulled.nbytes, pulled.seconds, pulled.backend
+        self._handoff_done(pulled, len(prompt))
         self.loop.wake()
-        return (yield from self._stream(outputs, cancelled, stats))
+        return (yield from self._stream(outputs, cancelled, stats, arrival, first_sent=True))
 
-    def _run_colocated(self, request, prompt, params, outputs, cancelled):
+    def _handoff_done(self, pulled, num_prompt_tokens: int) -> None:
+        self.metrics.kv_received.inc(pulled.nbytes)
+        self.metrics.handoff.observe(pulled.seconds)
+        self.metrics.prompt(num_prompt_tokens, "external_kv_transfer")
+
+    def _handoff_failed(self, error: Exception) -> None:
+        reason = ("no_kv_blocks" if isinstance(error, RequestFailed) else
+                  "verify" if isinstance(error, ValueError) else handoff_failure_reason(str(error)))
+        self.metrics.handoff_failed(reason)
+        self.metrics.ended("error")
+
+    def _run_colocated(self, request, prompt, params, outputs, cancelled, arrival):
         """The colocated baseline: prefill and decode in this engine, no KV handoff."""
         self.engine.add_request(request.request_id, prompt, params)
         self.loop.wake()
         stats = pb.TransferStats(decode_worker_id=self.config.worker_id, prefill_worker_id=self.config.worker_id,
                                  prefill_pid=os.getpid(), decode_pid=os.getpid())
-        return (yield from self._stream(outputs, cancelled, stats))
+        return (yield from self._stream(outputs, cancelled, stats, arrival, first_sent=False))
 
-    def _stream(self, outputs, cancelled, stats):
+    def _stream(self, outputs, cancelled, stats, arrival: float, first_sent: bool):
         """Relay engine outputs until the request finishes (True) or the call is cancelled (False)."""
         while not cancelled.is_set():
             try:
                 out = outputs.get(timeout=1.0)
             except queue.Empty:
                 continue
+            self._count(out, arrival, first_sent)
+            first_sent = True
             if out.finished:
+                self.metrics.finished(out, arrival, time.perf_counter())
                 yield self._final(out, stats)
                 return True
             yield wire.token_event(out)
+        self.metrics.ended("abort")   # the client went away
         return False
+
+    def _count(self, out, arrival: float, first_sent: bool) -> None:
+        """Tokens sampled here; a colocated worker's first output also means its prompt is in."""
+        self.metrics.generation_tokens.inc(len(out.new_token_ids))
+        if not first_sent:
+            self.metrics.prompt(out.prompt_tokens, "local_compute")
+            self.metrics.ttft.observe(time.perf_counter() - arrival)
 
     @staticmethod
     def _final(out, stats: pb.TransferStats) -> pb.TokenEvent:

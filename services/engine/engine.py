@@ -146,9 +146,11 @@ class LLMEngine:
             batch = self.scheduler.schedule()
             if not batch.scheduled:
                 return []
+            started = time.perf_counter()
             sampled, logits = self.runner.run(batch)
             for s in batch.scheduled:
                 s.seq.num_computed_tokens = s.start + s.num_tokens
+                s.seq.scheduled_time = s.seq.scheduled_time or started
             seqs = [s.seq for s in sampled]
             tokens = sampler.sample(logits, seqs) if seqs else []
             now = time.perf_counter()
@@ -178,7 +180,8 @@ class LLMEngine:
             request_id=seq.request_id, new_token_ids=[token], text=text, finished=reason is not None or held,
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=len(seq.output_token_ids), prefill_time=seq.prefill_time,
-            decode_time_arr=list(seq.decode_times) if reason else [], kv_held=held)
+            decode_time_arr=list(seq.decode_times) if reason else [], kv_held=held,
+            timings=seq.timings() if reason or held else None)
 
     # -- disaggregation: the prefill side -------------------------------------------------------
     def take_held(self, request_id: str) -> torch.Tensor:
@@ -237,6 +240,7 @@ class LLMEngine:
             self.cache.import_(seq.block_table, kv)
             seq.num_computed_tokens = seq.num_prompt_tokens
             seq.status = SequenceStatus.WAITING
+            seq.queued_time = time.perf_counter()
             self.scheduler.add(seq)
 
     def _awaiting_kv(self, request_id: str) -> Sequence:

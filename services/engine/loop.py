@@ -4,6 +4,8 @@ One ``EngineLoop`` per worker owns the only thread that calls ``engine.step()``.
 (gRPC threads) ``subscribe`` before adding a request and read that request's ``RequestOutput``s from
 their own queue; outputs of requests nobody listens to are dropped. ``housekeeping`` runs about
 once a second on the loop thread (the prefill worker expires unclaimed KV there).
+``last_beat`` (``time.monotonic()``) is stamped at every turn of the loop, busy or idle (at least
+every 0.5 s): a stale beat means a step is stuck, which the worker's gRPC health reports.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class EngineLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="engine-loop")
+        self.last_beat = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def start(self) -> "EngineLoop":
         self._thread.start()
@@ -52,6 +59,7 @@ class EngineLoop:
     def _run(self) -> None:
         last_housekeeping = time.monotonic()
         while not self._stop.is_set():
+            self.last_beat = time.monotonic()
             if time.monotonic() - last_housekeeping > 1.0 and self.housekeeping:
                 last_housekeeping = time.monotonic()
                 self._guarded(self.housekeeping)

@@ -84,6 +84,8 @@ class Sequence:
     decode_times: list[float] = field(default_factory=list)
     num_preemptions: int = 0
     prefill_only: bool = False   # prefill worker: hold the KV after the first token instead of decoding
+    queued_time: float | None = None      # joined the scheduler's queue (None: at arrival)
+    scheduled_time: float | None = None   # first given tokens by a step
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -119,6 +121,25 @@ class Sequence:
     def prefill_time(self) -> float | None:
         return None if self.first_token_time is None else self.first_token_time - self.arrival_time
 
+    def timings(self) -> "RequestTimings":
+        return RequestTimings(self.arrival_time, self.queued_time or self.arrival_time,
+                              self.scheduled_time, self.first_token_time, self.last_token_time)
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    """When a request passed each stage here (``time.perf_counter()``), for the worker's metrics.
+
+    ``queued`` is when it joined the scheduler's queue (on a decode worker: when its KV was
+    imported); ``scheduled`` when a step first gave it tokens (None: never scheduled here).
+    """
+
+    arrival: float
+    queued: float
+    scheduled: float | None
+    first_token: float | None
+    last_token: float | None
+
 
 @dataclass(frozen=True)
 class RequestOutput:
@@ -138,3 +159,4 @@ class RequestOutput:
     prefill_time: float | None
     decode_time_arr: list[float]
     kv_held: bool = False   # prefill-only request: first token made, KV held for handoff
+    timings: RequestTimings | None = None   # on the finishing (or KV-held) output only

@@ -8,8 +8,9 @@ from pathlib import Path
 from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
+from services.metrics import WorkerMetrics
 from services.prefill.server import PrefillServicer
-from services.worker import WorkerConfig, grpc_server, registry_heartbeat, run_until_signal
+from services.worker import WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -17,18 +18,24 @@ log = logging.getLogger(__name__)
 def serve(config: WorkerConfig, cache_dir: Path) -> None:
     engine = LLMEngine(config.engine, cache_dir)
     loop = EngineLoop(engine)
-    servicer = PrefillServicer(loop, config)
+    metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
+    servicer = PrefillServicer(loop, config, metrics)
+    metrics.bind(engine, servicer.pairs_open)
     loop.housekeeping = servicer.housekeeping
     loop.start()
     server, port = grpc_server(config)
     rpc.add_PrefillServiceServicer_to_server(servicer, server)
+    health, metrics_address = observe(config, loop, server, "tandem.v1.PrefillService", metrics)
     server.start()
     address = f"{config.dial_host}:{port}"
-    heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None))
-    log.info("prefill worker %s serving on %s", config.worker_id, address)
-    print(f"TANDEM_WORKER_READY prefill {config.worker_id} {address}", flush=True)
+    heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None),
+                                   extra={"metrics_address": metrics_address})
+    log.info("prefill worker %s serving on %s, metrics on http://%s/metrics", config.worker_id, address,
+             metrics_address)
+    print(f"TANDEM_WORKER_READY prefill {config.worker_id} {address} metrics={metrics_address}", flush=True)
 
     def stop():
+        health.stop()
         if heartbeat:
             heartbeat.stop()
         loop.stop()

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import threading
+import time
 
 import grpc
 
@@ -26,6 +27,7 @@ from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services import wire
 from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
+from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvChannel, KvTransferError
 from services.worker import WorkerConfig, abort_invalid, worker_status
 
@@ -33,16 +35,18 @@ log = logging.getLogger(__name__)
 
 
 class PrefillServicer(rpc.PrefillServiceServicer):
-    def __init__(self, loop: EngineLoop, config: WorkerConfig):
+    def __init__(self, loop: EngineLoop, config: WorkerConfig, metrics: WorkerMetrics | None = None):
         self.loop = loop
         self.engine = loop.engine
         self.config = config
+        self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
         self.channels: dict[str, KvChannel] = {}
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
         rid = request.request_id
+        arrival = time.perf_counter()
         held = self.engine.held_kv_bytes()
         if held >= self.config.max_held_kv_bytes:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -68,6 +72,7 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         finally:
             self.loop.unsubscribe(rid)
         replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
+        self.metrics.prefilled(out, arrival, time.perf_counter())
         reply = pb.PrefillReply(first_token_id=out.new_token_ids[0], text=out.text,
                                 finished=not out.kv_held, finish_reason=wire.FINISH_REASONS[out.finish_reason],
                                 prefill_worker_id=self.config.worker_id, pid=os.getpid())
@@ -98,10 +103,12 @@ class PrefillServicer(rpc.PrefillServiceServicer):
             channel = self.channels.get(request.decode_worker_id)
         if channel is None or channel.broken:
             self.engine.abort(rid)
+            self.metrics.handoff_failed("not_paired")
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not paired with {request.decode_worker_id}")
         try:
             kv = self.engine.take_held(rid)   # the KV leaves this worker now, whatever happens next
         except KeyError as e:
+            self.metrics.handoff_failed("not_held")
             try:
                 channel.refuse(rid, str(e))   # answers the peer's posted recv; the pair stays usable
             except KvTransferError:
@@ -110,9 +117,11 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         try:
             channel.send(rid, kv, corrupt=rid in self._corrupt)
         except KvTransferError as e:
+            self.metrics.handoff_failed(handoff_failure_reason(str(e)))
             context.abort(grpc.StatusCode.UNAVAILABLE, f"KV send failed: {e}")
         finally:
             self._corrupt.discard(rid)
+        self.metrics.kv_sent.inc(kv.nbytes)
         return pb.SendKvReply()
 
     def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
@@ -124,8 +133,13 @@ class PrefillServicer(rpc.PrefillServiceServicer):
 
     def housekeeping(self) -> None:
         for rid in self.engine.expire_held(self.config.held_kv_ttl_s):
+            self.metrics.handoff_failed("expired")
             log.warning("freed the KV of %s: no decode worker pulled it within %.0fs", rid,
                         self.config.held_kv_ttl_s)
+
+    def pairs_open(self) -> int:
+        with self._lock:
+            return sum(not c.broken for c in self.channels.values())
 
     def close(self) -> None:
         for channel in self.channels.values():
