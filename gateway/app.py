@@ -10,6 +10,7 @@ Layout (one subpackage per concern):
     routing.py           worker choice over a local view of the registry
     generation.py        one request's token stream as the HTTP layer consumes it
     sse.py, errors.py, usage.py, params.py, middleware.py, disconnect.py   shared by both APIs
+    ops/                 /metrics (Prometheus), /status (HTML), the metered backend and Redis
 
 The app talks to requests' runners only through ``Backend``. Stored responses live in a
 ``ResponseStore`` (Redis) shared by every replica; without one (``store=None``), the Responses API
@@ -26,6 +27,10 @@ from .chat import route as chat
 from .config import GatewaySettings
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .ops import OpsState
+from .ops import routes as ops_routes
+from .ops.backend import MeteredBackend
+from .ops.metrics import GatewayMetrics, HttpMetricsMiddleware
 from .responses import routes as responses, stored as stored_responses
 from .responses.state import ResponsesState
 from .responses.store import ResponseStore
@@ -33,17 +38,22 @@ from .state import GatewayState
 
 
 def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore | None = None,
-               *, event_log_batch: int = 32) -> FastAPI:
+               *, event_log_batch: int = 32, ops: OpsState | None = None) -> FastAPI:
+    """``ops``: metrics, registry view and Redis for /metrics and /status (default: metrics only)."""
     app = FastAPI(title="Tandem gateway", summary="OpenAI-compatible API over disaggregated "
                   "prefill and decode workers")
-    app.state.gateway = GatewayState(backend, settings)
+    ops = ops or OpsState(GatewayMetrics(backend.model_name))
+    app.state.ops = ops
+    app.state.gateway = GatewayState(MeteredBackend(backend, ops.metrics), settings)
     app.state.responses = ResponsesState.create(store or ResponseStore(None), event_log_batch)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(HttpMetricsMiddleware, metrics=ops.metrics)   # outermost: sees every status
     app.include_router(chat.router)
     app.include_router(responses.router)
     app.include_router(stored_responses.router)
     app.include_router(model_list.router)
     app.include_router(health.router)
+    app.include_router(ops_routes.router)
     return app

@@ -24,6 +24,9 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     from .app import create_app
     from .backend.workers import WorkerBackend
     from .config import GatewaySettings
+    from .ops import OpsState
+    from .ops.metrics import GatewayMetrics
+    from .ops.redis import metered
     from .responses.store import ResponseStore
     from .routing import RegistryView
 
@@ -32,8 +35,9 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     options = dict(socket_timeout=settings.redis_timeout_s,
                    socket_connect_timeout=settings.redis_timeout_s,
                    retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
-    registry_client = aioredis.Redis.from_url(settings.redis_url, **options)
-    store_client = aioredis.Redis.from_url(settings.redis_url, **options)
+    metrics = GatewayMetrics(name)
+    registry_client = metered(settings.redis_url, metrics, **options)
+    store_client = metered(settings.redis_url, metrics, **options)
     max_model_len = ModelConfig.from_json(model_dir / "config.json").max_position_embeddings
     view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s)
     backend = WorkerBackend(view, Tokenizer(model_dir), name, max_model_len,
@@ -43,4 +47,5 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
         request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,
         sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes)
     store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
-    return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch)
+    ops = OpsState(metrics, view, aioredis.Redis.from_url(settings.redis_url, **options))
+    return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch, ops=ops)

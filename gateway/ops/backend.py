@@ -1,0 +1,69 @@
+"""``MeteredBackend``: the app's ``Backend`` with every generation measured on the way through.
+
+It sees exactly the chunks the HTTP layer turns into ``usage`` (the final chunk's
+``prompt_tokens`` / ``completion_tokens``), so the gateway's token counters equal the sum of the
+``usage`` fields clients got. A generation that ends without a final chunk (the client left, the
+iterator was closed) counts as ``abort``; one the backend refused before any token (no worker, a
+bad request) is not a generation and is counted only as an HTTP status.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import AsyncIterator
+
+from ..backend import Backend, GenerateParams, TokenChunk
+from .metrics import ARRIVAL, GatewayMetrics
+
+
+class MeteredBackend:
+    def __init__(self, inner: Backend, metrics: GatewayMetrics):
+        self.inner = inner
+        self.metrics = metrics
+
+    def __getattr__(self, name: str):
+        # model_name, max_model_len, chat_prompt, ready: read through, so the backend stays the owner
+        return getattr(self.inner, name)
+
+    def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
+        return self._metered(self.inner.generate(params), ARRIVAL.get() or time.perf_counter())
+
+    async def _metered(self, chunks: AsyncIterator[TokenChunk], arrival: float) -> AsyncIterator[TokenChunk]:
+        m, last, gaps, ttft = self.metrics, None, [], None
+        final: TokenChunk | None = None
+        started = False
+        try:
+            async for chunk in chunks:
+                if not started:
+                    started = True
+                    m.inflight.inc()
+                for _ in chunk.token_ids:
+                    if last is None:
+                        ttft = chunk.arrival - arrival
+                        m.ttft.observe(ttft)
+                    else:
+                        gaps.append(chunk.arrival - last)
+                    last = chunk.arrival
+                final = chunk if chunk.finished else None
+                yield chunk
+        finally:
+            await _close(chunks)
+            if started:
+                m.inflight.dec()
+                self._ended(final, arrival, ttft, gaps)
+
+    def _ended(self, final: TokenChunk | None, arrival: float, ttft: float | None, gaps: list[float]) -> None:
+        m = self.metrics
+        reason = (final.finish_reason or "stop") if final is not None else "abort"
+        m.generation_ended(reason, final.prompt_tokens if final else 0, final.completion_tokens if final else 0)
+        for gap in gaps:
+            m.itl.observe(gap)
+        if final is not None and reason in ("stop", "length"):
+            m.e2e.observe(final.arrival - arrival)
+        m.recent.add(ttft, gaps, error=reason == "error")
+
+
+async def _close(chunks) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
