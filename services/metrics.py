@@ -36,6 +36,8 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 HANDOFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0)
+SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "handoff")
 HANDOFF_FAILURES = ("pairing", "timeout", "verify", "refused", "no_kv_blocks", "not_paired",
                     "not_held", "expired", "transfer")
 
@@ -73,6 +75,16 @@ class WorkerMetrics:
                                        HANDOFF_BUCKETS)
         self._failures = self._family(Counter, "kv_handoff_failures", "KV handoffs that failed",
                                       "reason")
+        self._zero()
+
+    def _zero(self) -> None:
+        """Create every labelled series at 0, so rates start from the first scrape."""
+        for source in SOURCES:
+            self._by_source.labels(**self._labels, source=source)
+        for reason in FINISHED_REASONS:
+            self._success.labels(**self._labels, finished_reason=reason)
+        for reason in HANDOFF_FAILURES:
+            self._failures.labels(**self._labels, reason=reason)
 
     # -- families -----------------------------------------------------------------------------
     def _family(self, kind, name: str, doc: str, *extra: str, **kw):

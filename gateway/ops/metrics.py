@@ -53,6 +53,8 @@ class GatewayMetrics:
                                          m, registry=r).labels(self.model_name)
         self.generations = Counter(PREFIX + "generations", "Generations (model turns) by how they ended",
                                    m + ("finished_reason",), registry=r)
+        for reason in ("stop", "length", "abort", "error"):   # every series from 0
+            self.generations.labels(self.model_name, reason)
         self.inflight = Gauge(PREFIX + "inflight_generations", "Generations running now", m,
                               registry=r).labels(self.model_name)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "HTTP arrival to first token",
