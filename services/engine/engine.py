@@ -286,6 +286,7 @@ class Completion:
     token_ids: list[int] | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     prefill_time: float | None = None
     decode_time_arr: list[float] | None = None
 
@@ -293,6 +294,7 @@ class Completion:
         self.text += out.text
         self.token_ids = (self.token_ids or []) + out.new_token_ids
         self.prompt_tokens = out.prompt_tokens
+        self.cached_tokens = out.cached_tokens
         if out.finished:
             self.finish_reason = out.finish_reason
             self.prefill_time = out.prefill_time
