@@ -1,0 +1,137 @@
+"""Prefix caching: what it saves on a conversation, and what it costs when nothing is shared.
+
+Two engines with the same model and dtype, ``enable_prefix_caching`` on and off, loaded once and
+run alternately so both see the same machine conditions:
+
+1. **Conversation**: ``--turns`` (10) turns; each user turn is ``--turn-tokens`` (~130) tokens of
+   text, each answer greedy with ``--max-tokens`` (24) tokens, so the last prompt carries a history
+   of ~1,500 tokens. Each turn is one request, run on the uncached engine and then the cached one;
+   the history is built from the answers (identical on both sides: the script checks). Printed per
+   turn: prompt tokens, tokens computed (prompt − ``cached_tokens``), and TTFT (``prefill_time``:
+   arrival to first token) on each side.
+2. **Nothing shared**: ``--requests`` (24) prompts of random token ids (64–384 tokens, a distinct
+   first token each), ``--max-tokens`` tokens each with ``ignore_eos``, all submitted at once;
+   (prompt + output) tokens ÷ wall time, ``--repeats`` (3) runs per side, alternating which side
+   goes first, median kept.
+   The cache only costs here (keying blocks, lookups, evictions once the cache has filled).
+
+Run from the repository root (≈3 min on 2 cores)::
+
+    python -m benchmarks.prefix_cache --json prefix_cache.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.engine import LONG_TEXT  # noqa: E402
+from benchmarks.machine import CpuMeter, cache_dir, log  # noqa: E402
+from services.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
+
+SYSTEM = "You are a careful reading assistant. Answer briefly, quoting the text where you can."
+
+
+def conversation(engines: dict[str, LLMEngine], turns: int, turn_tokens: int, max_tokens: int) -> list[dict]:
+    """One row per turn: prompt length and, per engine, tokens computed and TTFT."""
+    tok = engines["off"].tokenizer
+    text = tok.encode(LONG_TEXT) * (1 + turns * turn_tokens // len(tok.encode(LONG_TEXT)))
+    messages, rows = [{"role": "system", "content": SYSTEM}], []
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    for t in range(turns):
+        passage = tok.decode(text[t * turn_tokens:(t + 1) * turn_tokens])
+        messages.append({"role": "user", "content": f"Part {t + 1}:\n{passage}\nWhat does this part add?"})
+        prompt = tok.apply_chat_template(messages)
+        row = {"turn": t + 1, "prompt_tokens": len(prompt)}
+        answers = {}
+        for name, eng in engines.items():
+            [c] = eng.generate([prompt], params)
+            answers[name] = c.token_ids
+            row[name] = {"computed": len(prompt) - c.cached_tokens, "ttft_s": c.prefill_time}
+        if answers["on"] != answers["off"]:
+            raise SystemExit(f"turn {t + 1}: the cached engine answered differently")
+        messages.append({"role": "assistant", "content": tok.decode(answers["off"])})
+        rows.append(row)
+        log(f"turn {t + 1:2d}: {len(prompt):5d} prompt tokens | computed off {row['off']['computed']:5d} "
+            f"on {row['on']['computed']:5d} | TTFT off {row['off']['ttft_s'] * 1e3:7.1f} ms "
+            f"on {row['on']['ttft_s'] * 1e3:7.1f} ms")
+    return rows
+
+
+def random_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    firsts = rng.sample(range(1000, vocab), n)        # distinct first tokens: no block is shared
+    return [[f] + [rng.randrange(1000, vocab) for _ in range(rng.randint(63, 383))] for f in firsts]
+
+
+def throughput(eng: LLMEngine, prompts: list[list[int]], max_tokens: int, tag: str) -> dict:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    with CpuMeter() as meter:
+        for i, p in enumerate(prompts):
+            eng.add_request(f"{tag}-{i}", p, params)
+        n_out = 0
+        while eng.has_unfinished():
+            n_out += sum(len(o.new_token_ids) for o in eng.step())
+    total = n_out + sum(map(len, prompts))
+    return {"tok_s": total / meter.wall, "wall_s": meter.wall, "other_cores": meter.other_cores}
+
+
+def nothing_shared(engines: dict[str, LLMEngine], n: int, max_tokens: int, repeats: int) -> dict:
+    runs = {name: [] for name in engines}
+    vocab = engines["off"].model_config.vocab_size
+    for r in range(repeats):
+        prompts = random_prompts(n, vocab, seed=r)
+        for name in (("off", "on") if r % 2 == 0 else ("on", "off")):   # alternate who goes first
+            eng = engines[name]
+            runs[name].append(throughput(eng, prompts, max_tokens, f"rand-{r}"))
+            log(f"nothing shared, run {r + 1} {name:>3}: {runs[name][-1]['tok_s']:7.1f} tok/s "
+                f"(other load {runs[name][-1]['other_cores']:.2f} cores)")
+    median = {name: statistics.median(x["tok_s"] for x in v) for name, v in runs.items()}
+    return {"runs": runs, "median_tok_s": median, "on_over_off": median["on"] / median["off"],
+            "stats_on_whole_run": vars(engines["on"].prefix_cache_stats())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--turns", type=int, default=10)
+    ap.add_argument("--turn-tokens", type=int, default=130)
+    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kv-cache-mb", type=int, default=256)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    engines = {name: LLMEngine(EngineConfig(dtype=args.dtype, kv_cache_bytes=args.kv_cache_mb << 20,
+                                            max_num_seqs=16, enable_prefix_caching=name == "on"), cache_dir())
+               for name in ("off", "on")}
+    for eng in engines.values():     # the first forward pass of a process is slow: not measured
+        eng.generate([[5000 + i for i in range(40)]], SamplingParams(max_tokens=4, temperature=0))
+    t0 = time.perf_counter()
+    conv = conversation(engines, args.turns, args.turn_tokens, args.max_tokens)
+    last = conv[-1]
+    ratio = last["off"]["ttft_s"] / last["on"]["ttft_s"]
+    log(f"last turn: {last['prompt_tokens']} prompt tokens; computed {last['off']['computed']} (off) vs "
+        f"{last['on']['computed']} (on); TTFT {ratio:.1f}x faster with the cache")
+    shared = nothing_shared(engines, args.requests, args.max_tokens, args.repeats)
+    log(f"nothing shared: off {shared['median_tok_s']['off']:.1f} tok/s, on {shared['median_tok_s']['on']:.1f} "
+        f"tok/s (on/off {shared['on_over_off']:.3f}); cache stats {shared['stats_on_whole_run']}")
+    log(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "conversation": conv, "last_turn_ttft_ratio": ratio,
+                                         "nothing_shared": shared}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
