@@ -3,17 +3,15 @@
 A block is in exactly one of three places (``num_free + num_used == num_blocks``):
 
 ```
-            grow()                                       free(), last reference
-  free ──────────────────────────▶ used (ref ≥ 1) ─────────────────────────────▶ free
-  list ◀── evict() (LRU, only when   ▲        │      (block was never keyed)      list
-           the free list is empty)   │hit     │ free(), last reference
-                 ╲                   │        ▼ (block is keyed)
-                  ╲───────────── evictable: keyed, ref 0, LRU order
+  free list ──grow()──────────────────────▶ used (ref = block tables holding it)
+      ▲  (free list empty: evict the LRU       │ free(): ref - 1; at 0 →
+      │   evictable block, forget its key)     ├── never keyed ──────────▶ free list
+      │                                        └── keyed ──▶ evictable ──hit──▶ used
 ```
 
 - **used**: listed in one or more sequences' block tables; ``ref`` counts them. Only a full,
   keyed (immutable) block can have more than one user.
-- **evictable**: its KV stays valid and findable by key (``PrefixCache``) until the block is
+- **evictable**: keyed, held by nobody; its KV stays findable (``PrefixCache``) until the block is
   handed out again. Evictable blocks count as free: admission never waits for them.
 - **free list**: blocks holding nothing anyone can find; handed out first.
 """
