@@ -33,7 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.engine import LONG_TEXT  # noqa: E402
+from benchmarks.engine_runs import LONG_TEXT  # noqa: E402
 from benchmarks.machine import CpuMeter, cache_dir, log  # noqa: E402
 from services.engine import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
 
