@@ -128,3 +128,20 @@ def test_prefill_only_blocks_stay_cached_for_the_follow_up(engine):
 def test_off_switch_counts_nothing(uncached):
     stats = uncached.prefix_cache_stats()
     assert stats.queries == stats.hits == stats.cached_blocks == stats.evictions == 0
+
+
+def test_imported_kv_is_cached_on_the_decode_side(engine, chunked):
+    prompt = engine.chat_prompt("Write the keeper's evening log entry. " * 5)
+    params = SamplingParams(max_tokens=6, temperature=0)
+    engine.add_request("imp-1", prompt, params, prefill_only=True)
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    [first] = [o for o in outs if o.request_id == "imp-1"]
+    chunked.adopt("imp-1", prompt, params, first.new_token_ids[0])
+    assert chunked.reserve_kv("imp-1")
+    chunked.import_kv("imp-1", engine.take_held("imp-1"))
+    while chunked.has_unfinished():
+        chunked.step()
+    [follow_up] = chunked.generate([prompt + [42]], GREEDY)
+    assert follow_up.cached_tokens == len(prompt) // BS * BS
