@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 from services.engine import RequestOutput
 
@@ -106,6 +107,7 @@ class WorkerMetrics:
         self.kv_usage.set_function(lambda: 1.0 - engine.blocks.num_free / max(engine.blocks.num_blocks, 1))
         self.held_kv.set_function(engine.held_kv_bytes)
         self.pairs.set_function(pairs)
+        self.registry.register(PrefixCacheCollector(engine, self._labels))
         return self
 
     # -- events -------------------------------------------------------------------------------
@@ -119,9 +121,14 @@ class WorkerMetrics:
     def handoff_failed(self, reason: str) -> None:
         self._failures.labels(**self._labels, reason=reason).inc()
 
+    def computed_prompt(self, out: RequestOutput) -> None:
+        """``out``'s prompt went through this engine: cached tokens are hits, the rest computed."""
+        self.prompt(out.prompt_tokens - out.cached_tokens, "local_compute")
+        self.prompt(out.cached_tokens, "local_cache_hit")
+
     def prefilled(self, out: RequestOutput, arrival: float, now: float) -> None:
         """A prefill worker made ``out``'s first token (its KV held for handoff, or it ended)."""
-        self.prompt(out.prompt_tokens, "local_compute")
+        self.computed_prompt(out)
         self.generation_tokens.inc(len(out.new_token_ids))
         self.ttft.observe(now - arrival)
         self._stages(out, arrival, now)
@@ -147,6 +154,22 @@ class WorkerMetrics:
             self.decode.observe(t.last_token - t.scheduled)
         elif self.role == "colocated" and t.first_token is not None:
             self.decode.observe(t.last_token - t.first_token)
+
+
+class PrefixCacheCollector:
+    """vLLM's ``prefix_cache_queries_total`` / ``prefix_cache_hits_total`` (tokens), read from the
+    engine's own counters at scrape time."""
+
+    def __init__(self, engine, labels: dict[str, str]):
+        self.engine, self.labels = engine, labels
+
+    def collect(self):
+        stats = self.engine.prefix_cache_stats()
+        for name, value, doc in (("queries", stats.queries, "Prompt tokens looked up in the prefix cache"),
+                                 ("hits", stats.hits, "Prompt tokens found in the prefix cache")):
+            family = CounterMetricFamily(f"tandem:prefix_cache_{name}", doc, labels=list(self.labels))
+            family.add_metric(list(self.labels.values()), value)
+            yield family
 
 
 def handoff_failure_reason(message: str) -> str:

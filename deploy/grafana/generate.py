@@ -64,6 +64,9 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
              "{{role}} {{finished_reason}}")]),
         ("Prompt tokens by source", "short", [
             (f"sum by(source)(rate(tandem:prompt_tokens_by_source_total{{{W}}}{R}))", "{{source}}")]),
+        ("Prefix cache hit rate by role", "percentunit", [
+            (f"sum by(role)(rate(tandem:prefix_cache_hits_total{{{W}}}{R})) / "
+             f"sum by(role)(rate(tandem:prefix_cache_queries_total{{{W}}}{R}))", "{{role}}")]),
     ]),
     ("KV handoff (prefill → decode)", [
         ("KV handoffs per second and bytes per second", "short", [

@@ -158,7 +158,7 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         """Tokens sampled here; a colocated worker's first output also means its prompt is in."""
         self.metrics.generation_tokens.inc(len(out.new_token_ids))
         if not first_sent:
-            self.metrics.prompt(out.prompt_tokens, "local_compute")
+            self.metrics.computed_prompt(out)
             self.metrics.ttft.observe(time.perf_counter() - arrival)
 
     @staticmethod

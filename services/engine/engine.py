@@ -28,6 +28,7 @@ from .errors import InvalidRequestError
 from .kv_cache import KVCache, kv_bytes_per_token
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
+from .prefix_cache import PrefixCacheStats
 from .scheduler import Scheduler
 from .sequence import RequestOutput, SamplingParams, Sequence, SequenceStatus
 from .tokenizer import Detokenizer, Tokenizer
@@ -59,7 +60,8 @@ class LLMEngine:
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         num_blocks = config.kv_cache_bytes // (kv_bytes_per_token(mc, config.torch_dtype) * config.block_size)
         self.cache = KVCache(mc, num_blocks, config.block_size, config.torch_dtype, self.device)
-        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, f"{self.model_dir.name}|{config.torch_dtype}",
+                                   config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
         self.runner = ModelRunner(self.model, self.cache, self.device)
         eos = set(mc.eos_token_ids) | ({self.tokenizer.eos_token_id} - {None})
@@ -139,6 +141,11 @@ class LLMEngine:
         with self._lock:
             return self.scheduler.has_unfinished()
 
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """Prefix-cache counters: tokens looked up and found, blocks cached now, evictions."""
+        with self._lock:
+            return self.blocks.stats()
+
     # -- the loop -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, sample, and post-process; one output per sampled request."""
@@ -148,8 +155,8 @@ class LLMEngine:
                 return []
             started = time.perf_counter()
             sampled, logits = self.runner.run(batch)
+            self.scheduler.mark_computed(batch)
             for s in batch.scheduled:
-                s.seq.num_computed_tokens = s.start + s.num_tokens
                 s.seq.scheduled_time = s.seq.scheduled_time or started
             seqs = [s.seq for s in sampled]
             tokens = sampler.sample(logits, seqs) if seqs else []
@@ -181,6 +188,7 @@ class LLMEngine:
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=len(seq.output_token_ids), prefill_time=seq.prefill_time,
             decode_time_arr=list(seq.decode_times) if reason else [], kv_held=held,
+            cached_tokens=seq.num_cached_tokens,
             timings=seq.timings() if reason or held else None)
 
     # -- disaggregation: the prefill side -------------------------------------------------------
@@ -239,6 +247,7 @@ class LLMEngine:
                 raise ValueError(f"KV covers {kv.shape[2]} tokens, prompt has {seq.num_prompt_tokens}")
             self.cache.import_(seq.block_table, kv)
             seq.num_computed_tokens = seq.num_prompt_tokens
+            self.blocks.cache_full_blocks(seq, 0, seq.num_prompt_tokens)
             seq.status = SequenceStatus.WAITING
             seq.queued_time = time.perf_counter()
             self.scheduler.add(seq)
@@ -282,6 +291,7 @@ class Completion:
     token_ids: list[int] | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     prefill_time: float | None = None
     decode_time_arr: list[float] | None = None
 
@@ -289,6 +299,7 @@ class Completion:
         self.text += out.text
         self.token_ids = (self.token_ids or []) + out.new_token_ids
         self.prompt_tokens = out.prompt_tokens
+        self.cached_tokens = out.cached_tokens
         if out.finished:
             self.finish_reason = out.finish_reason
             self.prefill_time = out.prefill_time

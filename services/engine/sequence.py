@@ -1,9 +1,10 @@
 """A request inside the engine: its tokens, sampling parameters, KV blocks and timings.
 
-Ownership: a ``Sequence`` owns the KV blocks listed in ``block_table`` from the moment they are
-allocated (by the scheduler, or by ``LLMEngine.reserve_kv`` for a sequence awaiting its KV) until it
-finishes, is aborted, or is preempted; the scheduler returns them to the ``BlockManager`` at each of
-those three points and nowhere else.
+Ownership: a ``Sequence`` holds a reference to each KV block listed in ``block_table`` from the
+moment it is allocated (by the scheduler, found in the prefix cache, or by ``LLMEngine.reserve_kv``
+for a sequence awaiting its KV) until the sequence finishes, is aborted, or is preempted; the
+scheduler drops those references at each of those three points and nowhere else. Blocks shared
+with other sequences are full and never written.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Sequence:
     decode_times: list[float] = field(default_factory=list)
     num_preemptions: int = 0
     prefill_only: bool = False   # prefill worker: hold the KV after the first token instead of decoding
+    num_cached_tokens: int = 0   # prompt tokens whose KV came from the prefix cache at first admission
+    block_hashes: list[bytes] = field(default_factory=list)   # prefix-cache keys of its first full blocks
     queued_time: float | None = None      # joined the scheduler's queue (None: at arrival)
     scheduled_time: float | None = None   # first given tokens by a step
 
@@ -159,4 +162,5 @@ class RequestOutput:
     prefill_time: float | None
     decode_time_arr: list[float]
     kv_held: bool = False   # prefill-only request: first token made, KV held for handoff
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache, not computed
     timings: RequestTimings | None = None   # on the finishing (or KV-held) output only

@@ -10,6 +10,7 @@ import json
 import re
 import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 from gateway.ops.metrics import GatewayMetrics
 from services.metrics import WorkerMetrics
@@ -29,10 +30,25 @@ def names_in(dashboard: dict) -> set[str]:
     return {n for e in exprs(dashboard) for n in NAME.findall(e)}
 
 
+class FakeEngine:
+    """Just what ``WorkerMetrics.bind`` reads."""
+
+    def __init__(self):
+        self.scheduler = SimpleNamespace(running=[], waiting=[])
+        self.blocks = SimpleNamespace(num_free=1, num_blocks=1)
+
+    def held_kv_bytes(self) -> int:
+        return 0
+
+    def prefix_cache_stats(self):
+        return SimpleNamespace(queries=0, hits=0)
+
+
 def exported_names() -> set[str]:
     """Every sample name the worker and gateway registries can serve."""
     names = set()
-    for registry in (WorkerMetrics("m", "decode", "w").registry, GatewayMetrics("m").registry):
+    worker = WorkerMetrics("m", "decode", "w").bind(FakeEngine())
+    for registry in (worker.registry, GatewayMetrics("m").registry):
         for family in registry.collect():
             names |= {family.name + s for s in SUFFIXES[family.type]}
     return names

@@ -35,7 +35,7 @@ WORKER_FAMILIES = {
                 "generation_tokens", "request_success", "time_to_first_token_seconds",
                 "e2e_request_latency_seconds", "request_queue_time_seconds", "request_prefill_time_seconds",
                 "prompt_tokens_by_source", "kv_transfer_sent_bytes", "kv_handoff_failures",
-                "prefill_held_kv_bytes", "kv_pairs_open"],
+                "prefill_held_kv_bytes", "kv_pairs_open", "prefix_cache_queries", "prefix_cache_hits"],
     "decode": ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prompt_tokens",
                "generation_tokens", "request_success", "time_to_first_token_seconds",
                "inter_token_latency_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds",
@@ -141,7 +141,8 @@ def test_every_family_is_served_by_its_process_and_token_counts_agree_with_usage
     assert delta(gw1, gw0, "tandem_gateway_prompt_tokens_total") == prompt
     assert delta(gw1, gw0, "tandem_gateway_generation_tokens_total") == completion
     assert role_delta(w1, w0, "prefill", "tandem:prompt_tokens_total") == prompt
-    assert role_delta(w1, w0, "prefill", "tandem:prompt_tokens_by_source_total", source="local_compute") == prompt
+    assert sum(role_delta(w1, w0, "prefill", "tandem:prompt_tokens_by_source_total", source=source)
+               for source in ("local_compute", "local_cache_hit")) == prompt
     assert role_delta(w1, w0, "decode", "tandem:prompt_tokens_by_source_total",
                       source="external_kv_transfer") == past_first
     generated = sum(role_delta(w1, w0, role, "tandem:generation_tokens_total") for role in w1)

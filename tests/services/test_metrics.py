@@ -71,7 +71,8 @@ def test_a_colocated_worker_counts_the_whole_request_as_the_client_sees_it(engin
     assert final.completion_tokens == 6
     assert value(m, "generation_tokens_total") == final.completion_tokens
     assert value(m, "prompt_tokens_total") == final.prompt_tokens
-    assert value(m, "prompt_tokens_by_source_total", source="local_compute") == final.prompt_tokens
+    assert value(m, "prompt_tokens_by_source_total", source="local_compute") + \
+        value(m, "prompt_tokens_by_source_total", source="local_cache_hit") == final.prompt_tokens
     assert value(m, "request_success_total", finished_reason="length") == 1
     assert value(m, "inter_token_latency_seconds_count") == final.completion_tokens - 1
     for stage in ("time_to_first_token", "e2e_request_latency", "request_queue_time",
@@ -114,7 +115,10 @@ def test_a_prefill_worker_counts_the_prompt_and_first_token_and_its_handoff_fail
         assert value(m, "prefill_held_kv_bytes") > 0
         with pytest.raises(grpc.RpcError):
             stub.SendKv(pb.SendKvRequest(request_id="p1", decode_worker_id="nobody"), timeout=10)
-    assert value(m, "prompt_tokens_by_source_total", source="local_compute") == len(prompt)
+    computed = value(m, "prompt_tokens_by_source_total", source="local_compute")
+    cached = value(m, "prompt_tokens_by_source_total", source="local_cache_hit")
+    assert computed + cached == len(prompt) and cached % engine.config.block_size == 0
+    assert value(m, "prefix_cache_queries_total") >= len(prompt)
     assert value(m, "generation_tokens_total") == 1
     assert value(m, "request_success_total", finished_reason="handoff") == 1
     assert value(m, "time_to_first_token_seconds_count") == 1
