@@ -230,24 +230,35 @@ class LLMEngine:
             out = self._postprocess(seq, first_token, time.perf_counter())
             return out
 
-    def reserve_kv(self, request_id: str) -> bool:
-        """Allocate blocks for an adopted request's prompt and first token, if they are free now."""
+    def reserve_kv(self, request_id: str) -> int | None:
+        """Allocate blocks for an adopted request's prompt and first token, if they are free now;
+        None if not. The prompt's longest cached prefix is reused, not allocated: the result is
+        how many leading prompt tokens already have their KV here (whole blocks), so only the KV
+        after them has to be pulled (``import_kv(..., start_token=that)``)."""
         with self._lock:
             seq = self._awaiting_kv(request_id)
-            if not self.blocks.can_grow(seq.block_table, seq.num_tokens):
-                return False
+            hits = self.blocks.match_prefix(seq)[:seq.num_prompt_tokens // self.blocks.block_size]
+            if not self.blocks.can_admit(seq, hits):
+                return None
+            self.blocks.take_prefix(seq, hits)
             self.blocks.grow(seq.block_table, seq.num_tokens)
-            return True
+            seq.num_cached_tokens = len(hits) * self.blocks.block_size
+            return seq.num_cached_tokens
 
-    def import_kv(self, request_id: str, kv: torch.Tensor) -> None:
-        """Write a verified prompt KV into the reserved blocks and queue the request for decoding."""
+    def import_kv(self, request_id: str, kv: torch.Tensor, start_token: int = 0) -> None:
+        """Write a verified prompt KV — tokens ``[start_token, prompt)``, the rest being the cached
+        prefix ``reserve_kv`` reported — into the reserved blocks and queue the request."""
         with self._lock:
             seq = self._awaiting_kv(request_id)
-            if kv.shape[2] != seq.num_prompt_tokens:
-                raise ValueError(f"KV covers {kv.shape[2]} tokens, prompt has {seq.num_prompt_tokens}")
-            self.cache.import_(seq.block_table, kv)
+            if start_token != seq.num_cached_tokens:
+                raise ValueError(f"KV starts at token {start_token}, {seq.num_cached_tokens} are "
+                                 "cached here")
+            if start_token + kv.shape[2] != seq.num_prompt_tokens:
+                raise ValueError(f"KV covers tokens {start_token}..{start_token + kv.shape[2]}, "
+                                 f"prompt has {seq.num_prompt_tokens}")
+            self.cache.import_(seq.block_table, kv, start_token)
             seq.num_computed_tokens = seq.num_prompt_tokens
-            self.blocks.cache_full_blocks(seq, 0, seq.num_prompt_tokens)
+            self.blocks.cache_full_blocks(seq, start_token, seq.num_prompt_tokens)
             seq.status = SequenceStatus.WAITING
             seq.queued_time = time.perf_counter()
             self.scheduler.add(seq)

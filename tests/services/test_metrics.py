@@ -14,6 +14,7 @@ import torch
 from protos.tandem.v1 import worker_pb2 as pb
 from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services import wire
+from services.decode.handoff import Pulled
 from services.decode.server import DecodeServicer
 from services.engine import EngineConfig, LLMEngine, SamplingParams
 from services.engine.loop import EngineLoop
@@ -81,15 +82,25 @@ def test_a_colocated_worker_counts_the_whole_request_as_the_client_sees_it(engin
     assert value(m, "num_requests_running") == 0 and value(m, "kv_cache_usage_perc") == 0
 
 
+class SlicingPuller(FakePuller):
+    """Pulls only the tokens this worker did not have cached, as the real puller does."""
+
+    def pull(self, address, request_id, kv, start_token=0):
+        part = self.kv[:, :, start_token:].contiguous()
+        self.pulled = part.nbytes
+        return Pulled(part, part.nbytes, 0.001, "gloo")
+
+
 def test_a_decode_worker_counts_the_imported_prompt_and_the_tokens_after_the_first(engine):
     prompt = len(engine.chat_prompt("hi"))
-    kv = torch.zeros(engine.kv_shape(prompt))
-    puller = FakePuller(FakePrefill(held_reply(engine, prompt)), kv=kv)
+    puller = SlicingPuller(FakePrefill(held_reply(engine, prompt)), kv=torch.zeros(engine.kv_shape(prompt)))
     with worker(engine, "decode", puller) as (stub, m):
         final = generate(stub, engine, prefill_address="prefill:1")[-1]
     assert value(m, "generation_tokens_total") == final.completion_tokens - 1   # the first is prefill's
-    assert value(m, "prompt_tokens_by_source_total", source="external_kv_transfer") == prompt
-    assert value(m, "kv_transfer_received_bytes_total") == kv.nbytes
+    pulled = value(m, "prompt_tokens_by_source_total", source="external_kv_transfer")
+    cached = value(m, "prompt_tokens_by_source_total", source="local_cache_hit")
+    assert pulled + cached == prompt == final.transfer.kv_start_token + pulled
+    assert value(m, "kv_transfer_received_bytes_total") == puller.pulled
     assert value(m, "kv_handoff_seconds_count") == 1
     assert value(m, "request_prefill_time_seconds_count") == 0   # not prefilled here
     assert value(m, "request_decode_time_seconds_count") == 1
