@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--history-chars", type=int, default=5600, help="length of the first turn's passage")
+    ap.add_argument("--history-chars", type=int, default=6200, help="length of the first turn's passage")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--log-dir", type=Path, default=Path("bench-results") / "conversation-pd")
     args = ap.parse_args(argv)
@@ -93,8 +93,8 @@ def summarize(runs: dict[str, list[list[dict]]]) -> dict:
     for name, turns in per_turn.items():
         print(f"== {name}")
         for row in turns:
-            print("  turn {turn:>2}: {input_tokens:>5} input, {cached_tokens:>5} cached, "
-                  "TTFT {ttft_s:.3f} s, KV {kv_bytes:>9} B".format(**row))
+            print("  turn {turn:>2.0f}: {input_tokens:>5.0f} input, {cached_tokens:>5.0f} cached, "
+                  "TTFT {ttft_s:.3f} s, KV {kv_bytes:>9.0f} B".format(**row))
     return {"per_turn": per_turn, "last_turn": {
         "input_tokens": on["input_tokens"], "cached_tokens": on["cached_tokens"],
         "ttft_on_s": on["ttft_s"], "ttft_off_s": off["ttft_s"], "ttft_ratio": on["ttft_s"] / off["ttft_s"],

@@ -7,6 +7,11 @@ and ``x-tandem-kv-bytes``), and the answer is the one the model gives computing 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from benchmarks.engine_runs import LONG_TEXT
@@ -44,3 +49,45 @@ def test_a_follow_up_turn_computes_and_moves_only_its_new_blocks(stack, engine):
     for status in (prefill, decode):                  # each worker reports its cache
         assert status.prefix_cache_hits >= reused and status.prefix_cached_blocks > 0
         assert status.prefix_cache_queries >= status.prefix_cache_hits
+
+
+def test_a_chain_stays_on_its_decode_worker_and_moves_when_that_worker_dies(stack):
+    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25")
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", "decode-aff"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while "decode-aff" not in {w.worker_id for w in stack.registry().live("decode")}:
+            assert proc.poll() is None and time.monotonic() < deadline, "decode worker did not register"
+            time.sleep(0.5)
+        time.sleep(1.5)                                   # every gateway view has re-read the registry
+        client = stack.client()
+        first = None
+        for i in range(24):                               # a conversation whose home is decode-aff
+            raw = client.responses.with_raw_response.create(
+                model=MODEL, input=f"Topic {i}: tell me about rivers.", temperature=0, max_output_tokens=6)
+            if raw.headers["x-tandem-decode-worker"] == "decode-aff":
+                first = raw.parse()
+                break
+        assert first is not None, "no conversation was placed on the second decode worker"
+        turns = [first]
+        for question in ("Name one.", "Where is it?"):
+            raw = client.responses.with_raw_response.create(
+                model=MODEL, input=question, previous_response_id=turns[-1].id, temperature=0,
+                max_output_tokens=6)
+            assert raw.headers["x-tandem-decode-worker"] == "decode-aff"        # it stays home
+            assert int(raw.headers["x-tandem-kv-start-token"]) > 0              # with its KV
+            turns.append(raw.parse())
+    finally:
+        proc.kill()
+        proc.wait(30)
+    deadline = time.monotonic() + 15                      # the dead worker's entry expires
+    while "decode-aff" in {w.worker_id for w in stack.registry().live("decode")}:
+        assert time.monotonic() < deadline, "dead worker still registered"
+        time.sleep(0.2)
+    time.sleep(1.5)
+    raw = client.responses.with_raw_response.create(
+        model=MODEL, input="And its length?", previous_response_id=turns[-1].id, temperature=0,
+        max_output_tokens=6)
+    assert raw.headers["x-tandem-decode-worker"] != "decode-aff"                # moved, and served
+    assert raw.parse().status in ("completed", "incomplete")
