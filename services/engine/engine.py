@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from . import sampler
 from .block_manager import BlockManager
 from .checkpoint import load_state_dict, model_name_for, resolve_model_dir, default_model_path
 from .config import EngineConfig, ModelConfig
+from .constrained import GrammarCompilerPool, RequestGrammar, mask_logits
 from .errors import InvalidRequestError
+from .grammar import build_grammar
 from .kv_cache import KVCache, kv_bytes_per_token
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
@@ -64,6 +67,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.cache, self.device)
         eos = set(mc.eos_token_ids) | ({self.tokenizer.eos_token_id} - {None})
         self.eos_token_ids = frozenset(eos)
+        self.grammars = GrammarCompilerPool(self.tokenizer.hf, mc.vocab_size, list(eos))
+        self._awaiting_grammar: list[Sequence] = []   # constrained requests whose grammar compiles
         self._live: dict[str, _Live] = {}
         self._lock = threading.RLock()
         # Prefill side: prompt KV copied out after the first token, waiting to be sent. Guarded by
@@ -83,7 +88,7 @@ class LLMEngine:
         with self._lock:
             seq = self._new_sequence(request_id, prompt_token_ids, params)
             seq.prefill_only = prefill_only
-            self.scheduler.add(seq)
+            self._admit(seq)
         return seq
 
     def _new_sequence(self, request_id: str, prompt: list[int], params: SamplingParams) -> Sequence:
@@ -94,6 +99,8 @@ class LLMEngine:
         seq = Sequence(request_id, list(prompt), params, max_tokens)
         if params.seed is not None:
             seq.seed = params.seed
+        if params.grammar is not None:
+            seq.grammar = RequestGrammar(self.grammars.compile(params.grammar))
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
         self._live[request_id] = _Live(seq, Detokenizer(self.tokenizer, params.stop), frozenset(stop_ids))
         return seq
@@ -102,6 +109,8 @@ class LLMEngine:
         """Raise ``InvalidRequestError`` if ``add_request`` would refuse this request."""
         params.validate()
         self._check_lengths(prompt_token_ids, params)
+        if params.grammar is not None:
+            build_grammar(params.grammar)
 
     def _check_lengths(self, prompt: list[int], params: SamplingParams) -> int:
         n = len(prompt)
@@ -132,29 +141,69 @@ class LLMEngine:
             live = self._live.pop(request_id, None)
             if live is None:
                 return False
+            if live.seq in self._awaiting_grammar:
+                self._awaiting_grammar.remove(live.seq)
             self.scheduler.finish(live.seq, "abort")
             return True
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return self.scheduler.has_unfinished()
+            return self.scheduler.has_unfinished() or bool(self._awaiting_grammar)
 
     # -- the loop -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, sample, and post-process; one output per sampled request."""
         with self._lock:
+            failed = self._admit_compiled()
             batch = self.scheduler.schedule()
-            if not batch.scheduled:
-                return []
-            sampled, logits = self.runner.run(batch)
-            for s in batch.scheduled:
-                s.seq.num_computed_tokens = s.start + s.num_tokens
-            seqs = [s.seq for s in sampled]
-            tokens = sampler.sample(logits, seqs) if seqs else []
-            now = time.perf_counter()
-            return [self._postprocess(seq, token, now) for seq, token in zip(seqs, tokens)]
+            compiling = [s.grammar.future for s in self._awaiting_grammar]
+            if batch.scheduled:
+                sampled, logits = self.runner.run(batch)
+                for s in batch.scheduled:
+                    s.seq.num_computed_tokens = s.start + s.num_tokens
+                seqs = [s.seq for s in sampled]
+                mask_logits(logits, [seq.grammar for seq in seqs])
+                tokens = sampler.sample(logits, seqs) if seqs else []
+                now = time.perf_counter()
+                return failed + [self._postprocess(seq, token, now) for seq, token in zip(seqs, tokens)]
+        if compiling and not failed:   # nothing to run but grammars compiling: wait for one
+            wait(compiling, timeout=0.01, return_when=FIRST_COMPLETED)
+        return failed
+
+    # -- constrained requests -------------------------------------------------------------------
+    def _admit(self, seq: Sequence) -> None:
+        """Queue ``seq`` for the scheduler, or hold it while its grammar compiles."""
+        if seq.grammar is not None and seq.grammar.matcher is None:
+            seq.status = SequenceStatus.AWAITING_GRAMMAR
+            self._awaiting_grammar.append(seq)
+        else:
+            seq.status = SequenceStatus.WAITING
+            self.scheduler.add(seq)
+
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Queue the held requests whose grammar is ready (their matcher replays their output so
+        far); end those whose grammar failed."""
+        failed = []
+        for seq in [s for s in self._awaiting_grammar if s.grammar.ready]:
+            self._awaiting_grammar.remove(seq)
+            if seq.grammar.start(seq.output_token_ids):
+                self._admit(seq)
+            else:
+                failed.append(self._end_refused(seq, time.perf_counter()))
+        return failed
+
+    def _end_refused(self, seq: Sequence, now: float) -> RequestOutput:
+        log.warning("request %s ends: %s", seq.request_id, seq.grammar.error)
+        self.scheduler.finish(seq, "grammar")
+        del self._live[seq.request_id]
+        return RequestOutput(
+            request_id=seq.request_id, new_token_ids=[], text="", finished=True, finish_reason="grammar",
+            prompt_tokens=seq.num_prompt_tokens, completion_tokens=len(seq.output_token_ids),
+            prefill_time=seq.prefill_time, decode_time_arr=list(seq.decode_times))
 
     def _postprocess(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+        if seq.grammar is not None and not seq.grammar.accept(token):
+            return self._end_refused(seq, now)
         live = self._live[seq.request_id]
         seq.record_token(token, now)
         text = live.detok.push(token)
@@ -236,8 +285,7 @@ class LLMEngine:
                 raise ValueError(f"KV covers {kv.shape[2]} tokens, prompt has {seq.num_prompt_tokens}")
             self.cache.import_(seq.block_table, kv)
             seq.num_computed_tokens = seq.num_prompt_tokens
-            seq.status = SequenceStatus.WAITING
-            self.scheduler.add(seq)
+            self._admit(seq)
 
     def _awaiting_kv(self, request_id: str) -> Sequence:
         live = self._live.get(request_id)
