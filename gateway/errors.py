@@ -121,7 +121,9 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
         return APIError.invalid("The request is invalid.", None)
     err = errors[0]
     kind = err.get("type", "")
-    param = (err.get("ctx") or {}).get("param") or param_name(err.get("loc", ()))
+    ctx = err.get("ctx") or {}
+    # ``param``: the whole name; ``field``: a field of the object at ``loc`` (nested validators)
+    param = ctx.get("param") or param_name([*err.get("loc", ()), *([ctx["field"]] if "field" in ctx else [])])
     if kind == "json_invalid":
         detail = (err.get("ctx") or {}).get("error", "")
         return APIError.invalid(f"We could not parse the JSON body of your request. ({detail})",
