@@ -127,7 +127,7 @@ class Message(BaseModel):
 
 def _invalid(field: str, message: str) -> PydanticCustomError:
     """An error naming ``field`` of the object being validated (the location is prefixed)."""
-    return PydanticCustomError("invalid_value", "{message}", {"field": field, "message": message})
+    return PydanticCustomError("invalid_value", "{message}", {"member": field, "message": message})
 
 
 class FunctionDefinition(BaseModel):
