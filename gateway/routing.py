@@ -5,16 +5,27 @@ Rules:
   once per ``refresh_s`` (``TANDEM_REGISTRY_REFRESH_S``, 1 s) by whichever request needs it first;
   concurrent requests share that one read. A read costs O(live workers), never O(keyspace)
   (services/registry.py), so stored responses cannot slow routing.
-- Choice (``route``): the least-loaded live decode worker and prefill worker (random among ties);
-  where no prefill/decode pair is live but a ``colocated`` worker is, that one runs it whole.
-  Between reads the view adds the requests this gateway sent to each worker to its published load,
-  so a burst within one refresh spreads instead of piling onto one worker.
+- Choice (``route``): per role, the worker that the request's *affinity key* prefers, unless it
+  is busy; else the least-loaded live worker (random among ties). Where no prefill/decode pair is
+  live but a ``colocated`` worker is, that one runs it whole. Between reads the view adds the
+  requests this gateway sent to each worker to its published load, so a burst within one refresh
+  spreads instead of piling onto one worker.
+- Affinity (KV reuse): ``affinity_key`` hashes a conversation's opening — its messages up to and
+  including the first user message — which every later turn repeats (a ``previous_response_id``
+  chain carries the same items; a Chat client resends its history). Rendezvous hashing maps the
+  key to one worker per role among the live ones, so every turn of a conversation goes where its
+  last turn ran — where the prefix caches hold its KV — without any stored placement: the choice
+  is rebuilt from the registry alone. Conversations that open the same way share a worker, which
+  is right for the cache too. "Busy": the preferred worker's load exceeds the least-loaded one's
+  by more than ``AFFINITY_SLACK`` (half a batch); a worker that left is simply not a candidate.
 - The registry unreachable: ``BackendUnavailable`` (a 503), and the next request tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import time
 from collections import Counter
@@ -25,6 +36,18 @@ import redis.asyncio as aioredis
 from services.registry import LIVE, WorkerInfo, parse_live, registry_keys
 
 from .backend import BackendUnavailable
+
+AFFINITY_SLACK = 0.5    # load units (a full batch is 1.0) a preferred worker may be above the least
+
+
+def affinity_key(messages: list[dict[str, str]]) -> bytes:
+    """The key of a conversation: its messages up to and including the first user message."""
+    opening = []
+    for message in messages:
+        opening.append([message["role"], message["content"]])
+        if message["role"] == "user":
+            break
+    return hashlib.blake2b(json.dumps(opening).encode(), digest_size=16).digest()
 
 
 class RegistryView:
@@ -52,19 +75,30 @@ class RegistryView:
                     self._reading = None
         return self._workers
 
-    async def route(self) -> tuple[WorkerInfo, WorkerInfo | None]:
-        """(decode worker, prefill worker), or (colocated worker, None) when no pair is live."""
+    async def route(self, affinity: bytes = b"") -> tuple[WorkerInfo, WorkerInfo | None]:
+        """(decode worker, prefill worker), or (colocated worker, None) when no pair is live;
+        ``affinity`` (``affinity_key``) prefers the workers that ran the conversation so far."""
         workers = await self.workers()
-        decode, prefill = self._least_loaded(workers, "decode"), self._least_loaded(workers, "prefill")
+        decode, prefill = self._choose(workers, "decode", affinity), self._choose(workers, "prefill", affinity)
         if decode is None or prefill is None:
-            colocated = self._least_loaded(workers, "colocated")
+            colocated = self._choose(workers, "colocated", affinity)
             if colocated is not None:
                 return self._sending(colocated), None
             raise BackendUnavailable(f"no live {'decode' if decode is None else 'prefill'} worker")
         return self._sending(decode), self._sending(prefill)
 
-    def _least_loaded(self, workers: list[WorkerInfo], role: str) -> WorkerInfo | None:
-        return least_loaded([w for w in workers if w.role == role], self._sent)
+    def _choose(self, workers: list[WorkerInfo], role: str, affinity: bytes) -> WorkerInfo | None:
+        candidates = [w for w in workers if w.role == role]
+        least = least_loaded(candidates, self._sent)
+        if not affinity or least is None:
+            return least
+        preferred = max(candidates, key=lambda w: hashlib.blake2b(affinity + w.worker_id.encode(),
+                                                                  digest_size=8).digest())
+        busy = self._load(preferred) > self._load(least) + AFFINITY_SLACK
+        return least if busy else preferred
+
+    def _load(self, worker: WorkerInfo) -> float:
+        return worker.load + self._sent[worker.worker_id] / worker.max_num_seqs
 
     def _sending(self, worker: WorkerInfo) -> WorkerInfo:
         self._sent[worker.worker_id] += 1

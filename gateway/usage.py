@@ -3,7 +3,9 @@
 ``prefill_time`` is the seconds from the request's arrival at the gateway to the arrival of its
 first token (made by the prefill worker). ``decode_time_arr`` has one entry per later token: the
 seconds since the token before it arrived, so its length is ``completion_tokens - 1``. Both use
-``TokenChunk.arrival`` (``time.perf_counter()`` in this process).
+``TokenChunk.arrival`` (``time.perf_counter()`` in this process). ``cached_tokens`` are the prompt
+tokens whose KV came from the prefill side's prefix cache instead of being computed (Chat:
+``usage.prompt_tokens_details.cached_tokens``; Responses: ``input_tokens_details``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class UsageMeter:
     prefill_time: float | None = None
     decode_time_arr: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     _last: float | None = None
 
@@ -33,6 +36,7 @@ class UsageMeter:
             self._last = chunk.arrival
         if chunk.finished:
             self.prompt_tokens = chunk.prompt_tokens
+            self.cached_tokens = chunk.cached_tokens
             self.completion_tokens = chunk.completion_tokens
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,6 +44,7 @@ class UsageMeter:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "prefill_time": self.prefill_time or 0.0,
             "decode_time_arr": list(self.decode_time_arr),
         }

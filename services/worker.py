@@ -62,10 +62,13 @@ def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> 
 
 
 def worker_status(engine: LLMEngine) -> pb.WorkerStatus:
-    s = engine.scheduler
+    s, cache = engine.scheduler, engine.prefix_cache_stats()
     return pb.WorkerStatus(pid=os.getpid(), num_running=len(s.running), num_waiting=len(s.waiting),
                            free_blocks=engine.blocks.num_free, total_blocks=engine.blocks.num_blocks,
-                           max_num_seqs=engine.config.max_num_seqs)
+                           max_num_seqs=engine.config.max_num_seqs,
+                           prefix_cache_queries=cache.queries, prefix_cache_hits=cache.hits,
+                           prefix_cached_blocks=cache.cached_blocks,
+                           prefix_cache_evictions=cache.evictions)
 
 
 def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    prefix_caching: bool = Field(True, description="keep full KV blocks as a prefix cache (both "
+                                                   "workers): shared prompt prefixes are computed "
+                                                   "and moved once")
     # -- workers --------------------------------------------------------------------------------
     held_kv_gb: float = Field(1.0, gt=0, description="prefill worker: unpulled prompt KV it may "
                                                      "hold (GiB) before refusing new prompts")

@@ -25,6 +25,7 @@ class GenerateParams:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingParams
+    affinity: bytes = b""           # gateway/routing.affinity_key: prefer where the conversation ran
     test_corrupt_kv: bool = False   # test hook, see protos/tandem/v1/worker.proto
 
 
@@ -37,6 +38,7 @@ class TransferInfo:
     kv_bytes: int = 0
     kv_transfer_seconds: float = 0.0
     backend: str = ""
+    kv_start_token: int = 0     # prompt tokens the decode worker held already (not moved)
 
     def headers(self) -> dict[str, str]:
         """Where the request ran and how much KV moved, as ``x-tandem-*`` response headers."""
@@ -48,6 +50,7 @@ class TransferInfo:
             "x-tandem-kv-bytes": str(self.kv_bytes),
             "x-tandem-kv-transfer-seconds": f"{self.kv_transfer_seconds:.6f}",
             "x-tandem-kv-backend": self.backend,
+            "x-tandem-kv-start-token": str(self.kv_start_token),
         }
 
 
@@ -63,6 +66,7 @@ class TokenChunk:
     error: str | None = None
     prompt_tokens: int = 0             # final chunk only
     completion_tokens: int = 0         # final chunk only; counts the prefill worker's first token
+    cached_tokens: int = 0             # final chunk only; prompt tokens served from a prefix cache
     transfer: TransferInfo | None = None
 
 

@@ -64,7 +64,7 @@ class WorkerBackend:
             return False
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
-        decode, prefill = await self.view.route()
+        decode, prefill = await self.view.route(params.affinity)
         call = self._stub(decode.address).Generate(pb.GenerateRequest(
             request_id=params.request_id, prompt_token_ids=params.prompt_token_ids,
             sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address if prefill else "",
@@ -98,8 +98,9 @@ def _chunk(event: pb.TokenEvent) -> TokenChunk:
     if event.HasField("transfer"):
         t = event.transfer
         transfer = TransferInfo(t.prefill_worker_id, t.decode_worker_id, t.prefill_pid, t.decode_pid,
-                                t.kv_bytes, t.kv_transfer_seconds, t.backend)
+                                t.kv_bytes, t.kv_transfer_seconds, t.backend, t.kv_start_token)
     return TokenChunk(list(event.token_ids), event.text, time.perf_counter(), event.finished,
                       wire.FINISH_NAMES[event.finish_reason] if event.finished else None,
                       error=event.error or None, prompt_tokens=event.prompt_tokens,
-                      completion_tokens=event.completion_tokens, transfer=transfer)
+                      completion_tokens=event.completion_tokens, cached_tokens=event.cached_tokens,
+                      transfer=transfer)

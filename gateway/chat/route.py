@@ -29,6 +29,7 @@ from ..errors import APIError
 from ..generation import Generation
 from ..middleware import arrival, request_id
 from ..params import check_model, corrupt_kv_requested, refuse_lone_surrogates, sampling_params
+from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
 from ..tools.calls import ToolOutput
@@ -76,7 +77,8 @@ async def to_generate_params(body: ChatCompletionRequest, backend: Backend, requ
         prompt = await asyncio.to_thread(backend.chat_prompt, messages)
     except InvalidRequestError as exc:
         raise APIError.from_engine(exc, ENGINE_PARAMS) from None
-    return GenerateParams(request_id, prompt, sampling, test_corrupt_kv=test_corrupt_kv)
+    return GenerateParams(request_id, prompt, sampling, affinity=affinity_key(messages),
+                          test_corrupt_kv=test_corrupt_kv)
 
 
 # -- stream or not ----------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def usage_body(meter: UsageMeter, input_tokens: int) -> dict[str, Any]:
     input_tokens = meter.prompt_tokens or input_tokens
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": meter.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,

@@ -29,9 +29,10 @@ from ..disconnect import unless_disconnected
 from ..generation import Generation
 from ..middleware import arrival, request_id
 from ..params import check_model, corrupt_kv_requested, refuse_lone_surrogates, sampling_params
+from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
-from .conversation import ENGINE_PARAMS, conversation
+from .conversation import ENGINE_PARAMS, chat_messages, conversation
 from .event_log import EventLog
 from .events import ResponseEvents, as_sse
 from .models import ResponseCreateRequest
@@ -59,6 +60,7 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     items, prompt = await conversation(body, shared.store, state.backend, constraints.tools)
     response_id = f"resp_{request_id(request)}"
     params = GenerateParams(response_id, prompt.token_ids, sampling,
+                            affinity=affinity_key(chat_messages(items, None)),
                             test_corrupt_kv=corrupt_kv_requested(request))
     log.info("%s: %d input tokens (%d items dropped), stream=%s, background=%s, store=%s, user=%s",
              response_id, len(prompt.token_ids), prompt.dropped_items, bool(body.stream),

@@ -7,7 +7,7 @@ needs that order; gloo is happy either way):
 
     decode (this)                         prefill
       | post recv(header, payload) ......>|
-      |---- SendKv(request_id) --gRPC---->| export held KV, free its blocks
+      |---- SendKv(request_id, start) ---->| send held KV from token ``start``
       |<===== header + payload (t.d.) ====| send
       | verify header + checksum          |
       |<--- SendKvReply ------------------|
@@ -62,19 +62,20 @@ class KvPuller:
                 self._stubs[address] = rpc.PrefillServiceStub(channel)
             return self._stubs[address]
 
-    def pull(self, address: str, request_id: str, kv: pb.KvDescriptor) -> Pulled:
-        """Receive and verify ``request_id``'s KV from the prefill worker at ``address``."""
-        shape = (kv.num_layers, 2, kv.num_tokens, kv.num_kv_heads, kv.head_dim)
+    def pull(self, address: str, request_id: str, kv: pb.KvDescriptor, start_token: int = 0) -> Pulled:
+        """Receive and verify ``request_id``'s KV from the prefill worker at ``address``: the
+        tokens from ``start_token`` on (this worker holds the ones before)."""
+        shape = (kv.num_layers, 2, kv.num_tokens - start_token, kv.num_kv_heads, kv.head_dim)
         dtype = DTYPES.get(kv.dtype)
         if dtype is None:
             raise KvTransferError(f"unknown KV dtype {kv.dtype!r}")
         with self._lock_for(address):
             channel = self._channel(address)
             start = time.perf_counter()
-            receiving = self._pool.submit(channel.recv, request_id, shape, dtype)
+            receiving = self._pool.submit(channel.recv, request_id, shape, dtype, start_token)
             try:
-                self.stub(address).SendKv(pb.SendKvRequest(request_id=request_id, decode_worker_id=self.worker_id),
-                                          timeout=self.timeout_s)
+                self.stub(address).SendKv(pb.SendKvRequest(request_id=request_id, decode_worker_id=self.worker_id,
+                                                           start_token=start_token), timeout=self.timeout_s)
             except grpc.RpcError as e:
                 self._settle(address, channel, receiving)
                 raise KvTransferError(f"prefill worker did not send: {e.details()}") from e

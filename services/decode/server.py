@@ -6,11 +6,14 @@ with chunked prefill mixing into the decode batches, and no KV moves.
 A request's life here (``Generate``, one gRPC stream per request):
 1. validate against this engine's limits (INVALID_ARGUMENT naming the field);
 2. ``Prefill`` on the prefill worker the gateway chose → the first token, streamed at once;
-3. reserve KV blocks for the prompt (waits while the cache is full), pull the KV over the pair
-   and verify it (``KvPuller``); a failed or corrupt transfer ends the request with an error —
-   this worker never decodes from KV it could not verify;
+3. reserve KV blocks for the prompt (waits while the cache is full) — the prompt's longest prefix
+   in this worker's own prefix cache is reused, so a follow-up turn that lands here pulls only the
+   blocks it lacks — then pull the rest of the KV over the pair and verify it (``KvPuller``); a
+   failed or corrupt transfer ends the request with an error — this worker never decodes from KV
+   it could not verify;
 4. the engine loop decodes it with everything else (continuous batching); each token is streamed;
-5. the final event carries usage and transfer stats (the gateway times tokens itself).
+5. the final event carries usage (with the prefill side's ``cached_tokens``) and transfer stats
+   (the gateway times tokens itself).
 Cancelling the stream aborts the request here and on the prefill worker, freeing KV on both sides.
 """
 
@@ -94,13 +97,13 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         stats = pb.TransferStats(prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
                                  prefill_pid=reply.pid, decode_pid=os.getpid())
         if first.finished:  # cannot happen while both workers run the same checks; stay correct anyway
-            yield self._final(first, stats)
+            yield self._final(first, stats, reply.cached_tokens)
             return False    # the prefill worker still holds the KV: let the caller abort it
         yield wire.token_event(first)
         try:
-            self._reserve(rid, cancelled)
-            pulled = self.puller.pull(request.prefill_address, rid, reply.kv)
-            self.engine.import_kv(rid, pulled.kv)
+            stats.kv_start_token = self._reserve(rid, cancelled)
+            pulled = self.puller.pull(request.prefill_address, rid, reply.kv, stats.kv_start_token)
+            self.engine.import_kv(rid, pulled.kv, stats.kv_start_token)
         except (KvTransferError, RequestFailed, ValueError) as e:
             log.warning("request %s failed in KV handoff: %s", rid, e)
             yield pb.TokenEvent(finished=True, finish_reason=pb.FINISH_REASON_ERROR,
@@ -108,7 +111,7 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             return False
         stats.kv_bytes, stats.kv_transfer_seconds, stats.backend = pulled.nbytes, pulled.seconds, pulled.backend
         self.loop.wake()
-        return (yield from self._stream(outputs, cancelled, stats))
+        return (yield from self._stream(outputs, cancelled, stats, reply.cached_tokens))
 
     def _run_colocated(self, request, prompt, params, outputs, cancelled):
         """The colocated baseline: prefill and decode in this engine, no KV handoff."""
@@ -118,23 +121,25 @@ class DecodeServicer(rpc.DecodeServiceServicer):
                                  prefill_pid=os.getpid(), decode_pid=os.getpid())
         return (yield from self._stream(outputs, cancelled, stats))
 
-    def _stream(self, outputs, cancelled, stats):
-        """Relay engine outputs until the request finishes (True) or the call is cancelled (False)."""
+    def _stream(self, outputs, cancelled, stats, cached_tokens: int | None = None):
+        """Relay engine outputs until the request finishes (True) or the call is cancelled (False).
+        ``cached_tokens``: the prefill side's count (None: this engine prefilled it)."""
         while not cancelled.is_set():
             try:
                 out = outputs.get(timeout=1.0)
             except queue.Empty:
                 continue
             if out.finished:
-                yield self._final(out, stats)
+                yield self._final(out, stats, out.cached_tokens if cached_tokens is None else cached_tokens)
                 return True
             yield wire.token_event(out)
         return False
 
     @staticmethod
-    def _final(out, stats: pb.TransferStats) -> pb.TokenEvent:
+    def _final(out, stats: pb.TransferStats, cached_tokens: int) -> pb.TokenEvent:
         event = wire.token_event(out)
         event.prompt_tokens, event.completion_tokens = out.prompt_tokens, out.completion_tokens
+        event.cached_tokens = cached_tokens
         event.transfer.CopyFrom(stats)
         return event
 
@@ -151,17 +156,20 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {request.prefill_address} failed: "
                                                        f"{e.code().name}: {e.details()}")
 
-    def _reserve(self, rid: str, cancelled: threading.Event) -> None:
-        """Wait until the prompt's blocks are allocated here (the KV stays on the prefill side)."""
+    def _reserve(self, rid: str, cancelled: threading.Event) -> int:
+        """Wait until the prompt's blocks are allocated here; return how many leading prompt tokens
+        this worker's prefix cache already holds (their KV is not pulled)."""
         deadline = time.monotonic() + self.config.request_timeout_s
-        while not self.engine.reserve_kv(rid):
+        while (start := self.engine.reserve_kv(rid)) is None:
             if cancelled.is_set() or time.monotonic() > deadline:
                 raise RequestFailed("no KV blocks became free on the decode worker in time")
             time.sleep(0.01)
+        return start
 
     def _final_from_prefill(self, reply: pb.PrefillReply, prompt_tokens: int) -> pb.TokenEvent:
         return pb.TokenEvent(token_ids=[reply.first_token_id], text=reply.text, finished=True,
                              finish_reason=reply.finish_reason, prompt_tokens=prompt_tokens, completion_tokens=1,
+                             cached_tokens=reply.cached_tokens,
                              transfer=pb.TransferStats(
                                  prefill_worker_id=reply.prefill_worker_id, decode_worker_id=self.config.worker_id,
                                  prefill_pid=reply.pid, decode_pid=os.getpid()))

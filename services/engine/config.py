@@ -72,7 +72,8 @@ class EngineConfig:
     """What an operator chooses for one engine instance.
 
     ``kv_cache_bytes`` bounds the paged KV cache; the number of blocks is derived from it and the model.
-    ``max_model_len`` of 0 means the model's own context length.
+    ``max_model_len`` of 0 means the model's own context length. ``enable_prefix_caching`` keeps
+    full KV blocks of finished requests findable by their tokens (``prefix_cache.py``).
     """
 
     model: str = ""
@@ -84,6 +85,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 0
     num_threads: int = 0
+    enable_prefix_caching: bool = True
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

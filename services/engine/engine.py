@@ -31,6 +31,7 @@ from .grammar import build_grammar
 from .kv_cache import KVCache, kv_bytes_per_token
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
+from .prefix_cache import PrefixCacheStats
 from .scheduler import Scheduler
 from .sequence import RequestOutput, SamplingParams, Sequence, SequenceStatus
 from .tokenizer import Detokenizer, Tokenizer
@@ -62,7 +63,8 @@ class LLMEngine:
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         num_blocks = config.kv_cache_bytes // (kv_bytes_per_token(mc, config.torch_dtype) * config.block_size)
         self.cache = KVCache(mc, num_blocks, config.block_size, config.torch_dtype, self.device)
-        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, f"{self.model_dir.name}|{config.torch_dtype}",
+                                   config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
         self.runner = ModelRunner(self.model, self.cache, self.device)
         eos = set(mc.eos_token_ids) | ({self.tokenizer.eos_token_id} - {None})
@@ -150,6 +152,11 @@ class LLMEngine:
         with self._lock:
             return self.scheduler.has_unfinished() or bool(self._awaiting_grammar)
 
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """Prefix-cache counters: tokens looked up and found, blocks cached now, evictions."""
+        with self._lock:
+            return self.blocks.stats()
+
     # -- the loop -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, sample, and post-process; one output per sampled request."""
@@ -159,8 +166,7 @@ class LLMEngine:
             compiling = [s.grammar.future for s in self._awaiting_grammar]
             if batch.scheduled:
                 sampled, logits = self.runner.run(batch)
-                for s in batch.scheduled:
-                    s.seq.num_computed_tokens = s.start + s.num_tokens
+                self.scheduler.mark_computed(batch)
                 seqs = [s.seq for s in sampled]
                 mask_logits(logits, [seq.grammar for seq in seqs])
                 tokens = sampler.sample(logits, seqs) if seqs else []
@@ -227,7 +233,8 @@ class LLMEngine:
             request_id=seq.request_id, new_token_ids=[token], text=text, finished=reason is not None or held,
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=len(seq.output_token_ids), prefill_time=seq.prefill_time,
-            decode_time_arr=list(seq.decode_times) if reason else [], kv_held=held)
+            decode_time_arr=list(seq.decode_times) if reason else [], kv_held=held,
+            cached_tokens=seq.num_cached_tokens)
 
     # -- disaggregation: the prefill side -------------------------------------------------------
     def take_held(self, request_id: str) -> torch.Tensor:
@@ -268,23 +275,35 @@ class LLMEngine:
             out = self._postprocess(seq, first_token, time.perf_counter())
             return out
 
-    def reserve_kv(self, request_id: str) -> bool:
-        """Allocate blocks for an adopted request's prompt and first token, if they are free now."""
+    def reserve_kv(self, request_id: str) -> int | None:
+        """Allocate blocks for an adopted request's prompt and first token, if they are free now;
+        None if not. The prompt's longest cached prefix is reused, not allocated: the result is
+        how many leading prompt tokens already have their KV here (whole blocks), so only the KV
+        after them has to be pulled (``import_kv(..., start_token=that)``)."""
         with self._lock:
             seq = self._awaiting_kv(request_id)
-            if not self.blocks.can_grow(seq.block_table, seq.num_tokens):
-                return False
+            hits = self.blocks.match_prefix(seq)[:seq.num_prompt_tokens // self.blocks.block_size]
+            if not self.blocks.can_admit(seq, hits):
+                return None
+            self.blocks.take_prefix(seq, hits)
             self.blocks.grow(seq.block_table, seq.num_tokens)
-            return True
+            seq.num_cached_tokens = len(hits) * self.blocks.block_size
+            return seq.num_cached_tokens
 
-    def import_kv(self, request_id: str, kv: torch.Tensor) -> None:
-        """Write a verified prompt KV into the reserved blocks and queue the request for decoding."""
+    def import_kv(self, request_id: str, kv: torch.Tensor, start_token: int = 0) -> None:
+        """Write a verified prompt KV — tokens ``[start_token, prompt)``, the rest being the cached
+        prefix ``reserve_kv`` reported — into the reserved blocks and queue the request."""
         with self._lock:
             seq = self._awaiting_kv(request_id)
-            if kv.shape[2] != seq.num_prompt_tokens:
-                raise ValueError(f"KV covers {kv.shape[2]} tokens, prompt has {seq.num_prompt_tokens}")
-            self.cache.import_(seq.block_table, kv)
+            if start_token != seq.num_cached_tokens:
+                raise ValueError(f"KV starts at token {start_token}, {seq.num_cached_tokens} are "
+                                 "cached here")
+            if start_token + kv.shape[2] != seq.num_prompt_tokens:
+                raise ValueError(f"KV covers tokens {start_token}..{start_token + kv.shape[2]}, "
+                                 f"prompt has {seq.num_prompt_tokens}")
+            self.cache.import_(seq.block_table, kv, start_token)
             seq.num_computed_tokens = seq.num_prompt_tokens
+            self.blocks.cache_full_blocks(seq, start_token, seq.num_prompt_tokens)
             self._admit(seq)
 
     def _awaiting_kv(self, request_id: str) -> Sequence:
@@ -326,6 +345,7 @@ class Completion:
     token_ids: list[int] | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     prefill_time: float | None = None
     decode_time_arr: list[float] | None = None
 
@@ -333,6 +353,7 @@ class Completion:
         self.text += out.text
         self.token_ids = (self.token_ids or []) + out.new_token_ids
         self.prompt_tokens = out.prompt_tokens
+        self.cached_tokens = out.cached_tokens
         if out.finished:
             self.finish_reason = out.finish_reason
             self.prefill_time = out.prefill_time

@@ -41,10 +41,12 @@ class KVCache:
         """A contiguous copy of the first ``num_tokens`` tokens' KV: ``[L, 2, n, kv_heads, head_dim]``."""
         return self.kv.index_select(2, self.slots_for(block_table, 0, num_tokens))
 
-    def import_(self, block_table: list[int], kv: torch.Tensor) -> None:
-        """Write an exported KV tensor into the blocks of ``block_table`` (already allocated)."""
+    def import_(self, block_table: list[int], kv: torch.Tensor, start: int = 0) -> None:
+        """Write an exported KV tensor into the blocks of ``block_table`` (already allocated) as the
+        sequence's tokens from ``start`` on."""
         expected = (self.kv.shape[0], 2, kv.shape[2], *self.kv.shape[3:])
         if tuple(kv.shape) != expected or kv.dtype != self.kv.dtype:
             raise ValueError(f"KV shape/dtype {tuple(kv.shape)}/{kv.dtype} does not match cache "
                              f"{expected}/{self.kv.dtype}")
-        self.kv.index_copy_(2, self.slots_for(block_table, 0, kv.shape[2]), kv.to(self.kv.device))
+        slots = self.slots_for(block_table, start, start + kv.shape[2])
+        self.kv.index_copy_(2, slots, kv.to(self.kv.device))

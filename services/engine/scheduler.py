@@ -5,6 +5,10 @@ prompt, a chunk of it under the step's token budget, or the one token it sampled
 sequences join and leave between steps. Running requests are served first, oldest first; waiting
 ones are admitted in arrival order while blocks, the token budget and ``max_num_seqs`` allow.
 
+Prefix caching: a request admitted with the first k blocks of its tokens in the prefix cache reuses
+them and starts at ``num_computed_tokens = k * block_size``; at least its last token is always
+computed, so a token can be sampled. Blocks that became full in a step are keyed right after it.
+
 KV memory is never over-committed: a request is admitted only when its whole prompt fits in the
 free blocks; if a running request needs a block and none is free, the newest running request is
 preempted (its blocks freed, its tokens recomputed later). A request that could never fit is
@@ -70,7 +74,7 @@ class Scheduler:
             budget -= n
         while self.waiting and budget and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            if self.blocks.blocks_needed(seq.block_table, seq.num_tokens) > self.blocks.num_free:
+            if not self._admit(seq):
                 break  # the head waits for blocks; later arrivals do not overtake it
             n = min(seq.num_uncomputed_tokens, budget)
             self.blocks.grow(seq.block_table, seq.num_computed_tokens + n)
@@ -80,6 +84,29 @@ class Scheduler:
             out.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
             budget -= n
         return SchedulerOutput(tuple(out))
+
+    def _admit(self, seq: Sequence) -> bool:
+        """Reserve room for ``seq``'s whole token list, starting from its cached prefix; False if full.
+
+        A sequence with no KV yet (new or preempted) reuses the cached blocks of its longest cached
+        prefix and starts computing after them. One whose KV was imported already holds its blocks.
+        """
+        if seq.num_computed_tokens:
+            return self.blocks.can_grow(seq.block_table, seq.num_tokens)
+        hits = self.blocks.match_prefix(seq)
+        if not self.blocks.can_admit(seq, hits):
+            return False
+        self.blocks.take_prefix(seq, hits)
+        seq.num_computed_tokens = len(hits) * self.blocks.block_size
+        if not seq.num_preemptions:
+            seq.num_cached_tokens = seq.num_computed_tokens
+        return True
+
+    def mark_computed(self, batch: SchedulerOutput) -> None:
+        """The model ran ``batch``: advance each sequence and cache the blocks it filled."""
+        for s in batch.scheduled:
+            s.seq.num_computed_tokens = s.start + s.num_tokens
+            self.blocks.cache_full_blocks(s.seq, s.start, s.start + s.num_tokens)
 
     def _make_room(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow ``seq``'s blocks to ``num_tokens``, preempting newer requests; False if ``seq`` itself went."""
@@ -92,7 +119,8 @@ class Scheduler:
         return True
 
     def preempt(self, seq: Sequence) -> None:
-        """Free ``seq``'s blocks and put it first in line; its prompt and output are recomputed."""
+        """Release ``seq``'s blocks and put it first in line; its prompt and output are recomputed
+        (from whatever of them is still cached when it is admitted again)."""
         self.running.remove(seq)
         self.blocks.free(seq.block_table)
         seq.num_computed_tokens = 0

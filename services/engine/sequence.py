@@ -1,9 +1,10 @@
 """A request inside the engine: its tokens, sampling parameters, KV blocks and timings.
 
-Ownership: a ``Sequence`` owns the KV blocks listed in ``block_table`` from the moment they are
-allocated (by the scheduler, or by ``LLMEngine.reserve_kv`` for a sequence awaiting its KV) until it
-finishes, is aborted, or is preempted; the scheduler returns them to the ``BlockManager`` at each of
-those three points and nowhere else.
+Ownership: a ``Sequence`` holds a reference to each KV block listed in ``block_table`` from the
+moment it is allocated (by the scheduler, found in the prefix cache, or by ``LLMEngine.reserve_kv``
+for a sequence awaiting its KV) until the sequence finishes, is aborted, or is preempted; the
+scheduler drops those references at each of those three points and nowhere else. Blocks shared
+with other sequences are full and never written.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class Sequence:
     num_preemptions: int = 0
     prefill_only: bool = False   # prefill worker: hold the KV after the first token instead of decoding
     grammar: Any = None          # a constrained request's RequestGrammar (services/engine/constrained.py)
+    num_cached_tokens: int = 0   # prompt tokens whose KV came from the prefix cache at first admission
+    block_hashes: list[bytes] = field(default_factory=list)   # prefix-cache keys of its first full blocks
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -146,3 +149,4 @@ class RequestOutput:
     prefill_time: float | None
     decode_time_arr: list[float]
     kv_held: bool = False   # prefill-only request: first token made, KV held for handoff
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache, not computed

@@ -5,7 +5,10 @@ A request's life here:
    with other prompts, samples the first token, copies the prompt's KV out of its blocks and frees
    them (so the next prompts get the blocks, and a send never waits for a model step).
 2. ``SendKv`` takes that KV and sends header + payload over the torch.distributed pair of the
-   asking decode worker — sent or not, the KV leaves this worker then.
+   asking decode worker — sent or not, the KV leaves this worker then. A decode worker that holds
+   the prompt's first blocks already (its prefix cache) names ``start_token``, and only the KV
+   after it is sent. The prompt's blocks stay here as prefix cache, so a follow-up that shares
+   them computes only its new tokens (the reply's ``cached_tokens``).
 3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once. While
    the held copies add up to ``max_held_kv_bytes`` or more, ``Prefill`` answers RESOURCE_EXHAUSTED
    (decode workers that do not pull cannot make this worker run out of memory).
@@ -72,7 +75,8 @@ class PrefillServicer(rpc.PrefillServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {rid}: the grammar could not be used")
         reply = pb.PrefillReply(first_token_id=out.new_token_ids[0], text=out.text,
                                 finished=not out.kv_held, finish_reason=wire.FINISH_REASONS[out.finish_reason],
-                                prefill_worker_id=self.config.worker_id, pid=os.getpid())
+                                prefill_worker_id=self.config.worker_id, pid=os.getpid(),
+                                cached_tokens=out.cached_tokens)
         if out.kv_held:
             shape = self.engine.kv_shape(out.prompt_tokens)
             reply.kv.CopyFrom(pb.KvDescriptor(
@@ -103,14 +107,15 @@ class PrefillServicer(rpc.PrefillServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not paired with {request.decode_worker_id}")
         try:
             kv = self.engine.take_held(rid)   # the KV leaves this worker now, whatever happens next
-        except KeyError as e:
+            kv = _from(kv, request.start_token)
+        except (KeyError, ValueError) as e:
             try:
                 channel.refuse(rid, str(e))   # answers the peer's posted recv; the pair stays usable
             except KvTransferError:
                 pass                          # the channel is broken now; the peer re-pairs
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         try:
-            channel.send(rid, kv, corrupt=rid in self._corrupt)
+            channel.send(rid, kv, corrupt=rid in self._corrupt, start_token=request.start_token)
         except KvTransferError as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"KV send failed: {e}")
         finally:
@@ -132,3 +137,10 @@ class PrefillServicer(rpc.PrefillServiceServicer):
     def close(self) -> None:
         for channel in self.channels.values():
             channel.close()
+
+
+def _from(kv, start_token: int):
+    """The held prompt KV from token ``start_token`` on (contiguous, ready to send)."""
+    if start_token >= kv.shape[2]:
+        raise ValueError(f"start_token {start_token} is not inside the {kv.shape[2]}-token prompt")
+    return kv if start_token == 0 else kv[:, :, start_token:].contiguous()

@@ -102,9 +102,11 @@ class KvChannel:
         """True once the channel can no longer transfer: an op failed or timed out, or it was closed."""
         return self._broken or self._pg is None
 
-    def send(self, request_id: str, kv: torch.Tensor, corrupt: bool = False) -> int:
+    def send(self, request_id: str, kv: torch.Tensor, corrupt: bool = False,
+             start_token: int = 0) -> int:
         """Send ``kv`` (``[layers, 2, tokens, kv_heads, head_dim]``, contiguous, on this channel's
-        device) as ``request_id``; returns the payload bytes once the receiver has them.
+        device) as ``request_id``'s tokens from ``start_token`` on; returns the payload bytes once
+        the receiver has them.
 
         ``corrupt`` is a test hook: one payload byte is flipped after the checksum was taken, so the
         receiver must reject the transfer.
@@ -112,7 +114,7 @@ class KvChannel:
         self._require(SENDER, "send")
         if kv.device != self.device:
             raise ValueError(f"KV is on {kv.device}, this channel sends from {self.device}")
-        header = KvHeader.for_tensor(request_id, kv)
+        header = KvHeader.for_tensor(request_id, kv, start_token)
         payload = _corrupted(kv) if corrupt else kv
         with self._exclusive(f"send of {request_id!r}"):
             self._p2p("send", header.encode().to(self.device), _TAG_HEADER, f"header send of {request_id!r}")
@@ -130,8 +132,10 @@ class KvChannel:
         with self._exclusive(f"refusal of {request_id!r}"):
             self._p2p("send", header.encode().to(self.device), _TAG_HEADER, f"refusal of {request_id!r}")
 
-    def recv(self, request_id: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """Receive and verify the KV of ``request_id``, expected as ``shape`` and ``dtype``.
+    def recv(self, request_id: str, shape: tuple[int, ...], dtype: torch.dtype,
+             start_token: int = 0) -> torch.Tensor:
+        """Receive and verify the KV of ``request_id``, expected as ``shape`` and ``dtype`` and
+        covering its tokens from ``start_token`` on.
 
         Raises ``KvTransferError`` if the sender refused, the header does not match the expectation,
         or the checksum fails (the channel stays usable), or on a timeout or a failed peer (the
@@ -143,7 +147,7 @@ class KvChannel:
             header = self._recv_header(what)
             if header.error:
                 raise KvTransferError(f"{what}: the sender refused {header.request_id!r}: {header.error}")
-            problems = header.mismatches(request_id, shape, dtype)
+            problems = header.mismatches(request_id, shape, dtype, start_token)
             if problems and header.nbytes > math.prod(shape) * dtype.itemsize:
                 # allocate no more than the caller expected; the payload stays unread
                 raise self._break(f"{what} rejected: {'; '.join(problems)}")

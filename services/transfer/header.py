@@ -5,6 +5,11 @@ sorted), then zero bytes. It is never pickled. ``decode`` trusts nothing: wrong 
 the padding, unknown or missing fields, wrong types, an unknown dtype or checksum algorithm, or an
 ``nbytes`` that does not match the shape all raise ``KvTransferError``.
 
+A payload covers the request's tokens ``[start_token, start_token + num_tokens)``: a decode worker
+that already holds the first blocks of a prompt (prefix caching) asks only for the rest, and the
+header names the range it carries, which the receiver checks like the shape. The checksum covers
+exactly the tokens sent.
+
 A refusal is a header without a payload: ``error`` says why the sender has no KV for
 ``request_id`` (expired, aborted) and every size field is 0.
 """
@@ -20,7 +25,7 @@ from .checksums import ALGOS, checksum
 from .errors import KvTransferError
 
 HEADER_BYTES = 1024
-VERSION = 1
+VERSION = 2     # 2: start_token
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
                                   "bfloat16": torch.bfloat16}
 _MAX_ERROR_CHARS = 256
@@ -43,6 +48,7 @@ class KvHeader:
     nbytes: int           # payload bytes; 0 only in a refusal
     checksum: int         # value of checksum_algo over the payload bytes, as sent
     checksum_algo: str    # one of checksums.ALGOS
+    start_token: int = 0  # the payload's first token position in the request
     error: str = ""       # non-empty: a refusal, no payload follows
     version: int = VERSION
 
@@ -59,6 +65,8 @@ class KvHeader:
             raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.checksum_algo not in ALGOS:
             raise ValueError(f"checksum_algo {self.checksum_algo!r} is not one of {', '.join(ALGOS)}")
+        if self.start_token < 0:
+            raise ValueError(f"start_token {self.start_token} is negative")
         lowest = 0 if self.error else 1
         if min(self.shape) < lowest:
             raise ValueError(f"shape {self.shape} has a dimension below {lowest}")
@@ -76,14 +84,15 @@ class KvHeader:
         return DTYPES[self.dtype]
 
     @classmethod
-    def for_tensor(cls, request_id: str, kv: torch.Tensor) -> "KvHeader":
-        """The header of an exported KV tensor ``[layers, 2, tokens, kv_heads, head_dim]``."""
+    def for_tensor(cls, request_id: str, kv: torch.Tensor, start_token: int = 0) -> "KvHeader":
+        """The header of an exported KV tensor ``[layers, 2, tokens, kv_heads, head_dim]`` holding
+        the request's tokens from ``start_token`` on."""
         if kv.dim() != 5 or kv.shape[1] != 2:
             raise ValueError(f"KV must be [layers, 2, tokens, kv_heads, head_dim], got {tuple(kv.shape)}")
         algo, value = checksum(kv)
         layers, _, tokens, heads, head_dim = kv.shape
         return cls(request_id, layers, tokens, heads, head_dim, dtype_name(kv.dtype),
-                   kv.numel() * kv.element_size(), value, algo)
+                   kv.numel() * kv.element_size(), value, algo, start_token)
 
     @classmethod
     def refusal(cls, request_id: str, reason: str) -> "KvHeader":
@@ -91,9 +100,11 @@ class KvHeader:
         reason = reason[:_MAX_ERROR_CHARS] or "refused"
         return cls(request_id, 0, 0, 0, 0, "float32", 0, 0, ALGOS[0], error=reason)
 
-    def mismatches(self, request_id: str, shape: tuple[int, ...], dtype: torch.dtype) -> list[str]:
+    def mismatches(self, request_id: str, shape: tuple[int, ...], dtype: torch.dtype,
+                   start_token: int = 0) -> list[str]:
         """What differs from the receiver's expectation, one ``field: got X, expected Y`` each."""
-        expected = {"request_id": request_id, "shape": tuple(shape), "dtype": dtype_name(dtype)}
+        expected = {"request_id": request_id, "shape": tuple(shape), "dtype": dtype_name(dtype),
+                    "start_token": start_token}
         return [f"{name}: got {getattr(self, name)!r}, expected {want!r}"
                 for name, want in expected.items() if getattr(self, name) != want]
 

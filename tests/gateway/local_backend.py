@@ -38,7 +38,8 @@ class LocalBackend:
                 out = await _get(outputs)
                 yield TokenChunk(out.new_token_ids, out.text, time.perf_counter(), out.finished,
                                  out.finish_reason, prompt_tokens=out.prompt_tokens,
-                                 completion_tokens=out.completion_tokens)
+                                 completion_tokens=out.completion_tokens,
+                                 cached_tokens=out.cached_tokens)
                 if out.finished:
                     return
         finally:

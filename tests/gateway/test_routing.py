@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.backend import BackendUnavailable
-from gateway.routing import RegistryView, least_loaded
+from gateway.routing import RegistryView, affinity_key, least_loaded
 from services.registry import WorkerRegistry
 from tandem.redis_server import EmbeddedRedis, free_port
 from tests.services.test_registry import worker
@@ -102,3 +102,48 @@ async def test_an_unreachable_registry_is_backend_unavailable():
     v = RegistryView(aioredis.Redis(port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2))
     with pytest.raises(BackendUnavailable, match="registry unreachable"):
         await v.route()
+
+
+def conversation(opening: str, *later: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": opening}]
+    for i, text in enumerate(later):
+        messages += [{"role": "assistant", "content": f"answer {i}"}, {"role": "user", "content": text}]
+    return messages
+
+
+def test_every_turn_of_a_conversation_has_the_opening_s_key():
+    key = affinity_key(conversation("Plan a trip to Rome."))
+    assert affinity_key(conversation("Plan a trip to Rome.", "And Naples?", "Trains?")) == key
+    assert affinity_key(conversation("Plan a trip to Oslo.")) != key
+
+
+async def test_a_conversation_sticks_to_one_worker_and_falls_back_when_it_leaves(server, registry):
+    for w in ("d0", "d1", "d2"):
+        registry.publish(worker(w))
+    for w in ("p0", "p1"):
+        registry.publish(worker(w, role="prefill"))
+    v = view(server, refresh_s=1e-3)
+    keys = [affinity_key(conversation(f"topic {i}")) for i in range(12)]
+    first = {k: [w.worker_id for w in await v.route(k)] for k in keys}
+    for _ in range(3):                                  # later turns land where the first ran
+        await asyncio.sleep(0.002)
+        assert {k: [w.worker_id for w in await v.route(k)] for k in keys} == first
+    assert len({d for d, _ in first.values()}) > 1      # different conversations spread out
+    home, _ = first[keys[0]]
+    registry.remove(home)                               # its worker leaves
+    await asyncio.sleep(0.002)
+    moved, _ = await v.route(keys[0])
+    assert moved.worker_id != home and moved.worker_id in {"d0", "d1", "d2"}
+
+
+async def test_a_busy_preferred_worker_is_passed_over(server, registry):
+    registry.publish(worker("p0", role="prefill"))
+    for w in ("d0", "d1"):
+        registry.publish(worker(w))
+    keys = [affinity_key(conversation(f"q{i}")) for i in range(50)]
+    key = [k for k in keys if (await view(server).route(k))[0].worker_id == "d0"][0]
+    registry.publish(worker("d0", running=8, waiting=2))   # over a full batch busier than d1
+    assert (await view(server).route(key))[0].worker_id == "d1"
+    registry.publish(worker("d0", running=3))              # within the slack: affinity wins
+    registry.publish(worker("d1", running=0))
+    assert (await view(server).route(key))[0].worker_id == "d0"

@@ -103,7 +103,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prefill_address: _Optional[str] = ..., test_corrupt_kv: _Optional[bool] = ...) -> None: ...
 
 class TransferStats(_message.Message):
-    __slots__ = ("prefill_worker_id", "decode_worker_id", "prefill_pid", "decode_pid", "kv_bytes", "kv_transfer_seconds", "backend")
+    __slots__ = ("prefill_worker_id", "decode_worker_id", "prefill_pid", "decode_pid", "kv_bytes", "kv_transfer_seconds", "backend", "kv_start_token")
     PREFILL_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PREFILL_PID_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class TransferStats(_message.Message):
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSFER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    KV_START_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prefill_worker_id: str
     decode_worker_id: str
     prefill_pid: int
@@ -118,10 +119,11 @@ class TransferStats(_message.Message):
     kv_bytes: int
     kv_transfer_seconds: float
     backend: str
-    def __init__(self, prefill_worker_id: _Optional[str] = ..., decode_worker_id: _Optional[str] = ..., prefill_pid: _Optional[int] = ..., decode_pid: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_seconds: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
+    kv_start_token: int
+    def __init__(self, prefill_worker_id: _Optional[str] = ..., decode_worker_id: _Optional[str] = ..., prefill_pid: _Optional[int] = ..., decode_pid: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_transfer_seconds: _Optional[float] = ..., backend: _Optional[str] = ..., kv_start_token: _Optional[int] = ...) -> None: ...
 
 class TokenEvent(_message.Message):
-    __slots__ = ("token_ids", "text", "finished", "finish_reason", "prompt_tokens", "completion_tokens", "transfer", "error")
+    __slots__ = ("token_ids", "text", "finished", "finish_reason", "prompt_tokens", "completion_tokens", "transfer", "error", "cached_tokens")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +132,7 @@ class TokenEvent(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     finished: bool
@@ -138,7 +141,8 @@ class TokenEvent(_message.Message):
     completion_tokens: int
     transfer: TransferStats
     error: str
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., transfer: _Optional[_Union[TransferStats, _Mapping]] = ..., error: _Optional[str] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -153,20 +157,28 @@ class AbortReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs")
+    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs", "prefix_cache_queries", "prefix_cache_hits", "prefix_cached_blocks", "prefix_cache_evictions")
     PID_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     num_running: int
     num_waiting: int
     free_blocks: int
     total_blocks: int
     max_num_seqs: int
-    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ...) -> None: ...
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    prefix_cached_blocks: int
+    prefix_cache_evictions: int
+    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prefix_cached_blocks: _Optional[int] = ..., prefix_cache_evictions: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -199,7 +211,7 @@ class KvDescriptor(_message.Message):
     def __init__(self, num_layers: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PrefillReply(_message.Message):
-    __slots__ = ("first_token_id", "text", "finished", "finish_reason", "kv", "prefill_worker_id", "pid")
+    __slots__ = ("first_token_id", "text", "finished", "finish_reason", "kv", "prefill_worker_id", "pid", "cached_tokens")
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +219,7 @@ class PrefillReply(_message.Message):
     KV_FIELD_NUMBER: _ClassVar[int]
     PREFILL_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     first_token_id: int
     text: str
     finished: bool
@@ -214,7 +227,8 @@ class PrefillReply(_message.Message):
     kv: KvDescriptor
     prefill_worker_id: str
     pid: int
-    def __init__(self, first_token_id: _Optional[int] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., kv: _Optional[_Union[KvDescriptor, _Mapping]] = ..., prefill_worker_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, first_token_id: _Optional[int] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., kv: _Optional[_Union[KvDescriptor, _Mapping]] = ..., prefill_worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class PairRequest(_message.Message):
     __slots__ = ("decode_worker_id", "store_host", "store_port", "pair_key", "timeout_seconds")
@@ -235,12 +249,14 @@ class PairReply(_message.Message):
     def __init__(self) -> None: ...
 
 class SendKvRequest(_message.Message):
-    __slots__ = ("request_id", "decode_worker_id")
+    __slots__ = ("request_id", "decode_worker_id", "start_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     decode_worker_id: str
-    def __init__(self, request_id: _Optional[str] = ..., decode_worker_id: _Optional[str] = ...) -> None: ...
+    start_token: int
+    def __init__(self, request_id: _Optional[str] = ..., decode_worker_id: _Optional[str] = ..., start_token: _Optional[int] = ...) -> None: ...
 
 class SendKvReply(_message.Message):
     __slots__ = ()

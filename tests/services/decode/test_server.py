@@ -60,7 +60,7 @@ class FakePuller:
     def stub(self, address):
         return self.prefill
 
-    def pull(self, address, request_id, kv):
+    def pull(self, address, request_id, kv, start_token=0):
         if self.error:
             raise self.error
         return Pulled(self.kv, self.kv.nbytes, 0.001, "gloo")

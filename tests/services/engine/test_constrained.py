@@ -89,7 +89,7 @@ def test_an_adopted_request_replays_its_first_token(engine, tmp_path_factory, ti
     decode = LLMEngine(EngineConfig(model=str(tiny_model_dir), kv_cache_bytes=1 << 20, block_size=4),
                        tmp_path_factory.mktemp("cache2"))
     out = decode.adopt("p1", prompt, constrained(spec), first.new_token_ids[0])
-    assert decode.reserve_kv("p1")
+    assert decode.reserve_kv("p1") == 0
     decode.import_kv("p1", kv)
     text = out.text + "".join(o.text for o in _drain(decode))
     assert json.loads(text)["unit"] in ("celsius", "fahrenheit")
@@ -97,11 +97,12 @@ def test_an_adopted_request_replays_its_first_token(engine, tmp_path_factory, ti
 
 def test_a_refused_token_ends_the_request_without_its_text(engine):
     spec = GrammarSpec("json_schema", schema=ENUM)
-    prompt = prompts(engine, 1)[0]
+    prompt = engine.tokenizer.encode("the quick brown fox, refused")   # not in the prefix cache
     out = engine.adopt("refused", prompt, constrained(spec), engine.tokenizer.encode("x")[0])
     assert not out.finished            # no matcher yet: the replay decides
-    engine.reserve_kv("refused")
-    engine.import_kv("refused", torch.zeros(engine.kv_shape(len(prompt)), dtype=engine.config.torch_dtype))
+    cached = engine.reserve_kv("refused")         # the prefix cache may hold part of the prompt
+    kv = torch.zeros(engine.kv_shape(len(prompt) - cached), dtype=engine.config.torch_dtype)
+    engine.import_kv("refused", kv, start_token=cached)
     [end] = [o for o in _drain(engine) if o.request_id == "refused"]
     assert end.finished and end.finish_reason == "grammar" and end.new_token_ids == [] and end.text == ""
 

@@ -43,10 +43,38 @@ def test_handoff_matches_colocated_generation(engine, decoder, params):
     assert not engine.abort("h1")                                  # taken: nothing left here
     adopted = decoder.adopt("h1", prompt, params, first.new_token_ids[0])
     assert not adopted.finished and adopted.new_token_ids == first.new_token_ids
-    assert decoder.reserve_kv("h1")
-    decoder.import_kv("h1", kv)
+    start = decoder.reserve_kv("h1")      # the second case finds the first one's blocks cached
+    assert start % decoder.blocks.block_size == 0 and start < len(prompt)
+    decoder.import_kv("h1", kv[:, :, start:].contiguous(), start)
     rest = decode(decoder, "h1")
     assert first.new_token_ids + rest == want.token_ids
+    assert decoder.blocks.num_free == decoder.blocks.num_blocks
+
+
+def handoff(prefiller, decoder, rid, prompt, params):
+    """One request through both engines, moving only the KV the decoder lacks."""
+    first = prefill(prefiller, rid, prompt, params)
+    decoder.adopt(rid, prompt, params, first.new_token_ids[0])
+    start = decoder.reserve_kv(rid)
+    kv = prefiller.take_held(rid)
+    decoder.import_kv(rid, kv[:, :, start:].contiguous(), start)
+    return first, start, first.new_token_ids + decode(decoder, rid)
+
+
+def test_a_follow_up_turn_moves_only_the_blocks_the_decoder_lacks(engine, decoder):
+    params = SamplingParams(max_tokens=12, temperature=0)
+    turn1 = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Name a large city."}])
+    _, _, answer1 = handoff(engine, decoder, "f1", turn1, params)
+    messages = [{"role": "user", "content": "Name a large city."},
+                {"role": "assistant", "content": engine.tokenizer.decode(answer1)},
+                {"role": "user", "content": "And another one, in Asia?"}]
+    turn2 = engine.tokenizer.apply_chat_template(messages)
+    [want] = engine.generate([turn2], params)
+    first, start, got = handoff(engine, decoder, "f2", turn2, params)
+    bs = decoder.blocks.block_size
+    assert got == want.token_ids                               # same tokens as computed whole
+    assert start >= len(turn1) // bs * bs > 0                  # the first turn's blocks stayed
+    assert first.cached_tokens >= start                        # and the prefiller reused them too
     assert decoder.blocks.num_free == decoder.blocks.num_blocks
 
 
@@ -62,7 +90,7 @@ def test_held_kv_expires_and_unpulled_adoption_aborts(engine, decoder):
     prefill(engine, "h4", prompt, params)
     assert engine.abort("h4") and not engine.abort("h4")
     decoder.adopt("h2", prompt, params, first.new_token_ids[0])
-    assert decoder.reserve_kv("h2") and decoder.blocks.num_free < decoder.blocks.num_blocks
+    assert decoder.reserve_kv("h2") is not None and decoder.blocks.num_free < decoder.blocks.num_blocks
     assert decoder.abort("h2") and decoder.blocks.num_free == decoder.blocks.num_blocks
 
 

@@ -36,7 +36,8 @@ def test_round_trip():
 
 def test_json_names_every_field():
     assert set(fields_of(header())) == {"version", "request_id", "num_layers", "num_tokens", "num_kv_heads",
-                                        "head_dim", "dtype", "nbytes", "checksum", "checksum_algo", "error"}
+                                        "head_dim", "dtype", "nbytes", "checksum", "checksum_algo", "start_token",
+                                        "error"}
 
 
 def test_for_tensor_describes_the_kv():
@@ -57,8 +58,15 @@ def test_refusal_round_trip():
 def test_mismatches_name_each_field():
     h = header()
     assert h.mismatches("req-1", (30, 2, 100, 3, 64), torch.bfloat16) == []
-    problems = h.mismatches("req-2", (30, 2, 99, 3, 64), torch.float32)
-    assert [p.split(":")[0] for p in problems] == ["request_id", "shape", "dtype"]
+    problems = h.mismatches("req-2", (30, 2, 99, 3, 64), torch.float32, start_token=32)
+    assert [p.split(":")[0] for p in problems] == ["request_id", "shape", "dtype", "start_token"]
+
+
+def test_a_payload_names_the_tokens_it_covers():
+    h = KvHeader.for_tensor("r", torch.randn(2, 2, 5, 3, 4), start_token=48)
+    assert KvHeader.decode(h.encode()).start_token == 48
+    assert h.mismatches("r", (2, 2, 5, 3, 4), torch.float32, start_token=48) == []
+    assert h.mismatches("r", (2, 2, 5, 3, 4), torch.float32) == ["start_token: got 48, expected 0"]
 
 
 def test_too_long_request_id_does_not_encode():
@@ -67,7 +75,8 @@ def test_too_long_request_id_does_not_encode():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"version": 2}, "version 2"),
+    ({"version": 1}, "version 1"),
+    ({"start_token": -16}, "start_token -16"),
     ({"dtype": "float64"}, "dtype"),
     ({"checksum_algo": "md5"}, "checksum_algo"),
     ({"nbytes": 1}, "nbytes 1 does not match"),
