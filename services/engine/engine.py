@@ -282,7 +282,9 @@ class LLMEngine:
         after them has to be pulled (``import_kv(..., start_token=that)``)."""
         with self._lock:
             seq = self._awaiting_kv(request_id)
-            hits = self.blocks.match_prefix(seq)[:seq.num_prompt_tokens // self.blocks.block_size]
+            # at least one prompt token is pulled: a wholly cached prompt would ask for 0 tokens,
+            # which the prefill worker refuses (start_token must lie inside the prompt)
+            hits = self.blocks.match_prefix(seq)[:(seq.num_prompt_tokens - 1) // self.blocks.block_size]
             if not self.blocks.can_admit(seq, hits):
                 return None
             self.blocks.take_prefix(seq, hits)
