@@ -121,7 +121,9 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
         return APIError.invalid("The request is invalid.", None)
     err = errors[0]
     kind = err.get("type", "")
-    param = (err.get("ctx") or {}).get("param") or param_name(err.get("loc", ()))
+    ctx = err.get("ctx") or {}
+    # ``param``: the whole name; ``member``: a field of the object at ``loc`` (nested validators)
+    param = ctx.get("param") or param_name([*err.get("loc", ()), *([ctx["member"]] if "member" in ctx else [])])
     if kind == "json_invalid":
         detail = (err.get("ctx") or {}).get("error", "")
         return APIError.invalid(f"We could not parse the JSON body of your request. ({detail})",
@@ -144,12 +146,17 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
     return APIError.invalid(f"Invalid value for '{param}': {err.get('msg')}.", param, code=code)
 
 
+UNION_TAG = "~"     # prefix of the tags of discriminated unions in request models
+
+
 def param_name(loc: tuple | list) -> str | None:
     """``("body", "messages", 0, "content")`` → ``"messages[0].content"`` (OpenAI's spelling);
     ``("query", "limit")`` → ``"limit"``."""
     name = ""
     for part in loc:
         if part in ("body", "query", "path") and not name:
+            continue
+        if isinstance(part, str) and part.startswith(UNION_TAG):   # a union member, not a field
             continue
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
     return name or None

@@ -26,12 +26,8 @@ MAX_STOP_SEQUENCES = 4
 # always accepted as "not used".
 NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "n": (1,),
-    "tools": ([],),
-    "tool_choice": ("none",),
-    "parallel_tool_calls": (),
     "functions": ([],),
     "function_call": ("none",),
-    "response_format": ({"type": "text"},),
     "logprobs": (False,),
     "top_logprobs": (),
     "logit_bias": ({},),
@@ -82,16 +78,112 @@ StopString = Annotated[str, Field(min_length=1)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
-class Message(BaseModel):
-    """One chat message. ``developer`` is OpenAI's newer name for ``system`` and is treated as it."""
+class CallFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    arguments: str
+
+
+class AssistantToolCall(BaseModel):
+    """A call the assistant made earlier in the conversation."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, BeforeValidator(_join_text_parts)]
+    id: str = Field(min_length=1)
+    type: Literal["function"]
+    function: CallFunction
 
-    def for_template(self) -> dict[str, str]:
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+
+class Message(BaseModel):
+    """One chat message. ``developer`` is OpenAI's newer name for ``system`` and is treated as it.
+    An assistant message may carry ``tool_calls`` (then ``content`` may be null); a ``tool``
+    message answers one of them by ``tool_call_id``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[str | None, BeforeValidator(_join_text_parts)]
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> "Message":
+        if self.tool_calls is not None and self.role != "assistant":
+            raise _invalid("tool_calls", "Only assistant messages carry 'tool_calls'.")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise _invalid("tool_call_id", "A 'tool' message needs 'tool_call_id', and only it has one.")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise _invalid("content", "'content' may be null only in an assistant message with 'tool_calls'.")
+        return self
+
+    def for_template(self) -> dict:
+        """The message for gateway/tools/prompt.py (``tool_calls`` as (name, arguments) pairs)."""
+        out = {"role": "system" if self.role == "developer" else self.role, "content": self.content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [(c.function.name, c.function.arguments) for c in self.tool_calls]
+        return out
+
+
+def _invalid(field: str, message: str) -> PydanticCustomError:
+    """An error naming ``field`` of the object being validated (the location is prefixed)."""
+    return PydanticCustomError("invalid_value", "{message}", {"member": field, "message": message})
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    """``{type: "function", function: {...}}``; other tool types are not run here."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text``, ``json_object``, or ``json_schema`` with its ``json_schema`` object."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "ResponseFormat":
+        if (self.json_schema is not None) != (self.type == "json_schema"):
+            raise _invalid("json_schema", "'json_schema' is required with type 'json_schema' and "
+                                          "allowed only with it.")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -120,6 +212,28 @@ class ChatCompletionRequest(OpenAIRequest):
     # Tandem extensions
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)   # 0 disables top-k
     ignore_eos: bool | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_tool_history(self) -> "ChatCompletionRequest":
+        """Every ``tool`` message answers a call made by an earlier assistant message."""
+        calls: set[str] = set()
+        for i, m in enumerate(self.messages):
+            calls |= {c.id for c in m.tool_calls or ()}
+            if m.role == "tool" and m.tool_call_id not in calls:
+                raise PydanticCustomError(
+                    "invalid_value", "messages[{index}].tool_call_id '{id}' matches no earlier "
+                    "assistant tool call.", {"index": i, "id": m.tool_call_id,
+                                             "param": f"messages[{i}].tool_call_id"})
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise PydanticCustomError("invalid_value", "'tool_choice' needs 'tools'.", {"param": "tool_choice"})
+        if self.tools and self.response_format is not None and self.response_format.type != "text":
+            raise PydanticCustomError("invalid_value", "Give 'tools' or a JSON 'response_format', not "
+                                      "both.", {"param": "response_format"})
+        return self
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "ChatCompletionRequest":

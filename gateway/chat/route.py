@@ -12,6 +12,7 @@ Rendering the chat template and tokenizing run in a worker thread, off the event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -31,8 +32,10 @@ from ..params import check_model, corrupt_kv_requested, refuse_lone_surrogates, 
 from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
+from ..tools.calls import ToolOutput
 from .models import ChatCompletionRequest
 from .stream import ChunkWriter, chat_events
+from .structured import chat_constraints, chat_finish_reason
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +51,28 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  state: GatewayState = Depends(gateway_state)) -> Response:
     check_model(body.model, state.settings.served_model_name)
     refuse_lone_surrogates(body)
+    constraints = chat_constraints(body)
     params = await to_generate_params(body, state.backend, f"chatcmpl-{request_id(request)}",
-                                      test_corrupt_kv=corrupt_kv_requested(request))
+                                      test_corrupt_kv=corrupt_kv_requested(request), constraints=constraints)
     log.info("%s: %d prompt tokens, stream=%s, user=%s", params.request_id,
              len(params.prompt_token_ids), bool(body.stream), body.user)
     generation = Generation(state.backend, params, arrival(request), state.settings.request_timeout_s,
                             ENGINE_PARAMS)
+    output = ToolOutput(parse=constraints.parse_calls)
     if body.stream:
-        return await stream_completion(request, generation, body, state.settings)
-    return await complete(request, generation, state.settings)
+        return await stream_completion(request, generation, body, state.settings, output)
+    return await complete(request, generation, state.settings, output)
 
 
 # -- convert ----------------------------------------------------------------------------------------
 async def to_generate_params(body: ChatCompletionRequest, backend: Backend, request_id: str, *,
-                             test_corrupt_kv: bool) -> GenerateParams:
+                             test_corrupt_kv: bool, constraints=None) -> GenerateParams:
     """The internal request; a refusal by the chat template or the sampling checks is a 400."""
+    constraints = constraints or chat_constraints(body)
     sampling = sampling_params(body, max_tokens=body.token_limit, stop=tuple(body.stop or ()),
                                engine_params=ENGINE_PARAMS)
-    messages = [m.for_template() for m in body.messages]
+    sampling = dataclasses.replace(sampling, grammar=constraints.grammar)
+    messages = constraints.template_messages(body)
     try:
         prompt = await asyncio.to_thread(backend.chat_prompt, messages)
     except InvalidRequestError as exc:
@@ -76,7 +83,7 @@ async def to_generate_params(body: ChatCompletionRequest, backend: Backend, requ
 
 # -- stream or not ----------------------------------------------------------------------------------
 async def stream_completion(request: Request, generation: Generation, body: ChatCompletionRequest,
-                            settings: GatewaySettings) -> SSEResponse:
+                            settings: GatewaySettings, output: ToolOutput) -> SSEResponse:
     """Wait for the first token, then hand ``generation`` to the SSE response (which closes it)."""
     try:
         await unless_disconnected(request, generation.start())
@@ -87,31 +94,39 @@ async def stream_completion(request: Request, generation: Generation, body: Chat
         else body.full_text_enabled
     writer = ChunkWriter(generation.request_id, settings.served_model_name, int(time.time()),
                          include_usage=body.include_usage, full_text=full_text)
-    return SSEResponse(chat_events(generation, writer), settings.sse_keepalive_s)
+    return SSEResponse(chat_events(generation, writer, output), settings.sse_keepalive_s)
 
 
-async def complete(request: Request, generation: Generation, settings: GatewaySettings) -> JSONResponse:
+async def complete(request: Request, generation: Generation, settings: GatewaySettings,
+                   output: ToolOutput) -> JSONResponse:
     """Run ``generation`` to the end and answer with one ``chat.completion`` object."""
-    async def collect() -> str:
+    async def collect() -> None:
         await generation.start()
-        return "".join([chunk.text async for chunk in generation])
+        async for chunk in generation:
+            output.feed(chunk.text)
+        output.finish()
 
     try:
-        text = await unless_disconnected(request, collect())
+        await unless_disconnected(request, collect())
     finally:
         await generation.aclose()
-    body = completion_body(generation, text, settings.served_model_name)
+    body = completion_body(generation, output, settings.served_model_name)
     headers = generation.transfer.headers() if generation.transfer else {}
     return JSONResponse(body, headers=headers)
 
 
-def completion_body(generation: Generation, text: str, model: str) -> dict[str, Any]:
+def completion_body(generation: Generation, output: ToolOutput, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": output.content or None if output.called
+                               else output.content, "refusal": None}
+    if output.called:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}} for c in output.calls]
     return {
         "id": generation.request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": generation.finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": chat_finish_reason(generation.finish_reason, output.called)}],
         "usage": generation.usage.to_dict(),
     }

@@ -1,7 +1,8 @@
 """Streaming Chat Completions: ``chat.completion.chunk`` objects as server-sent events.
 
 Event order: a chunk with ``delta.role``; one chunk per non-empty text delta (with ``full_text``, the
-whole text so far, when ``fullTextEnabled``); a chunk with ``finish_reason``; with
+whole text so far, when ``fullTextEnabled``); for each tool call, one chunk with its ``index``,
+``id``, ``type`` and whole name, then chunks of argument pieces only; a chunk with ``finish_reason``; with
 ``stream_options.include_usage`` a chunk with ``choices: []`` and the usage; then ``data: [DONE]``.
 A failure after the stream has started ends it with ``data: {"error": {...}}`` (the OpenAI SDK
 raises ``APIError`` on it) and then ``[DONE]``.
@@ -15,6 +16,9 @@ from typing import Any, AsyncIterator
 from ..errors import APIError
 from ..generation import Generation
 from ..sse import DONE, Event, data_event
+from ..tools.calls import ToolOutput
+from ..tools.parser import ArgumentsDelta, CallOpened, TextDelta
+from .structured import chat_finish_reason
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,14 @@ class ChunkWriter:
         self.text += text
         return self._chunk({"content": text}, **({"full_text": self.text} if self.full_text else {}))
 
+    def call_opened(self, index: int, call_id: str, name: str) -> Event:
+        """A call's first delta: its id, type and whole name (sent once: the SDK concatenates)."""
+        return self._chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                            "function": {"name": name, "arguments": ""}}]})
+
+    def call_arguments(self, index: int, text: str) -> Event:
+        return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+
     def finish(self, reason: str | None) -> Event:
         return self._chunk({}, finish_reason=reason)
 
@@ -60,15 +72,17 @@ class ChunkWriter:
         return data_event({**body, **extra})
 
 
-async def chat_events(generation: Generation, writer: ChunkWriter) -> AsyncIterator[Event]:
+async def chat_events(generation: Generation, writer: ChunkWriter, output: ToolOutput) -> AsyncIterator[Event]:
     """The SSE body of a started ``generation``; closes it however the stream ends."""
     try:
         yield writer.role()
         try:
             async for chunk in generation:
-                if chunk.text:
-                    yield writer.content(chunk.text)
-            yield writer.finish(generation.finish_reason)
+                for event in _deltas(writer, output, output.feed(chunk.text)):
+                    yield event
+            for event in _deltas(writer, output, output.finish()):
+                yield event
+            yield writer.finish(chat_finish_reason(generation.finish_reason, output.called))
             if writer.include_usage:
                 yield writer.usage(generation.usage.to_dict())
         except APIError as err:
@@ -79,3 +93,16 @@ async def chat_events(generation: Generation, writer: ChunkWriter) -> AsyncItera
         yield DONE
     finally:
         await generation.aclose()
+
+
+def _deltas(writer: ChunkWriter, output: ToolOutput, events: list) -> list[Event]:
+    """Chunks for the parser's events (a closed call needs none)."""
+    chunks = []
+    for event in events:
+        if isinstance(event, TextDelta):
+            chunks.append(writer.content(event.text))
+        elif isinstance(event, CallOpened):
+            chunks.append(writer.call_opened(event.index, output.calls[event.index].id, event.name))
+        elif isinstance(event, ArgumentsDelta):
+            chunks.append(writer.call_arguments(event.index, event.text))
+    return chunks

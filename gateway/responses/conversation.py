@@ -27,7 +27,9 @@ from services.engine import InvalidRequestError
 
 from ..backend import Backend
 from ..errors import APIError
-from .models import InputMessage, ResponseCreateRequest
+from ..tools.definitions import FunctionTool
+from ..tools.prompt import render
+from .models import FunctionCallInput, FunctionCallOutputInput, InputMessage, ResponseCreateRequest
 from .object import ACTIVE, new_id
 from .store import ResponseStore, fetch, fetch_items
 
@@ -35,21 +37,23 @@ from .store import ResponseStore, fetch, fetch_items
 ENGINE_PARAMS = {"prompt": "input", "max_tokens": "max_output_tokens"}
 
 
-async def conversation(body: ResponseCreateRequest, store: ResponseStore, backend: Backend
-                       ) -> tuple[list[dict[str, Any]], "Prompt"]:
+async def conversation(body: ResponseCreateRequest, store: ResponseStore, backend: Backend,
+                       tools: list[FunctionTool] | None = None) -> tuple[list[dict[str, Any]], "Prompt"]:
     """The full input item list (history + new input) and the prompt built from it (the chat
-    template runs in a worker thread)."""
+    template runs in a worker thread; ``tools`` go into the system prompt, gateway/tools/prompt.py)."""
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         history = await _history(store, body.previous_response_id)
     items = history + input_items(body.input)
+    check_call_outputs(items, len(history))
     max_model_len = backend.max_model_len
     if body.max_output_tokens is not None and body.max_output_tokens >= max_model_len:
         raise APIError.invalid(f"max_output_tokens must be less than this model's context of "
                                f"{max_model_len} tokens.", "max_output_tokens")
     try:
         prompt = await asyncio.to_thread(
-            build_prompt, backend.chat_prompt, items, body.instructions,
+            build_prompt, lambda messages: backend.chat_prompt(render(messages, tools or [])), items,
+            body.instructions,
             max_output_tokens=body.max_output_tokens, max_model_len=max_model_len,
             truncation=body.truncation or "disabled")
     except InvalidRequestError as exc:       # the chat template refused a message
@@ -66,9 +70,28 @@ async def _history(store: ResponseStore, parent_id: str) -> list[dict[str, Any]]
     return continued_items(parent, await fetch_items(store, parent_id, param))
 
 
-def input_items(messages: list[InputMessage]) -> list[dict[str, Any]]:
+def input_items(inputs: list[InputMessage | FunctionCallInput | FunctionCallOutputInput]) -> list[dict[str, Any]]:
     """The request's input as stored items, each with an id."""
-    return [_stored(m) for m in messages]
+    return [_stored(m) if isinstance(m, InputMessage) else _stored_tool_item(m) for m in inputs]
+
+
+def _stored_tool_item(m: FunctionCallInput | FunctionCallOutputInput) -> dict[str, Any]:
+    item = m.model_dump(exclude_none=True)
+    item["id"] = m.id or new_id("fc" if m.type == "function_call" else "fco")
+    item["status"] = m.status or "completed"
+    return item
+
+
+def check_call_outputs(items: list[dict[str, Any]], first_input: int) -> None:
+    """Every ``function_call_output`` answers a ``function_call`` before it (400 naming
+    ``input[i].call_id`` otherwise)."""
+    calls: set[str] = set()
+    for i, item in enumerate(items):
+        if item.get("type") == "function_call":
+            calls.add(item["call_id"])
+        elif item.get("type") == "function_call_output" and item["call_id"] not in calls:
+            raise APIError.invalid(f"No function_call with call_id '{item['call_id']}' comes before this "
+                                   "function_call_output.", f"input[{i - first_input}].call_id")
 
 
 def _stored(m: InputMessage) -> dict[str, Any]:
@@ -82,18 +105,27 @@ def _stored(m: InputMessage) -> dict[str, Any]:
 
 def continued_items(parent: dict[str, Any], parent_items: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
-    """The items a child of ``parent`` inherits: the parent's input, then its output messages."""
-    output = [item for item in parent.get("output") or [] if item.get("type") == "message"]
+    """The items a child of ``parent`` inherits: the parent's input, then its output messages and
+    function calls (the calls a follow-up's ``function_call_output`` items answer)."""
+    output = [item for item in parent.get("output") or [] if item.get("type") in ("message", "function_call")]
     return [*parent_items, *output]
 
 
-def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list[dict[str, str]]:
-    """Items (and this turn's instructions) as chat-template messages; developer → system."""
-    messages = [{"role": "system", "content": instructions}] if instructions is not None else []
+def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list[dict[str, Any]]:
+    """Items (and this turn's instructions) as messages for gateway/tools/prompt.py; developer →
+    system; function calls join the assistant turn before them, outputs are ``tool`` messages."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions is not None else []
     for item in items:
-        role = "system" if item["role"] == "developer" else item["role"]
-        text = "\n".join(part.get("text") or "" for part in item["content"])
-        messages.append({"role": role, "content": text})
+        if item.get("type") == "function_call":
+            if not (messages and messages[-1]["role"] == "assistant"):
+                messages.append({"role": "assistant", "content": ""})
+            messages[-1].setdefault("tool_calls", []).append((item["name"], item["arguments"]))
+        elif item.get("type") == "function_call_output":
+            messages.append({"role": "tool", "content": item["output"]})
+        else:
+            role = "system" if item["role"] == "developer" else item["role"]
+            text = "\n".join(part.get("text") or "" for part in item["content"])
+            messages.append({"role": role, "content": text})
     return messages
 
 
@@ -139,7 +171,7 @@ def _turns(items: list[dict[str, Any]]) -> tuple[int, list[int]]:
     Making the turn at ``starts[k]`` the first one after the preamble drops every turn before it;
     the newest turn's start is the last entry, so it is never dropped.
     """
-    users = [i for i, item in enumerate(items) if item["role"] == "user"]
+    users = [i for i, item in enumerate(items) if item.get("role") == "user"]
     if not users:
         return len(items), []
     return users[0], users[1:]

@@ -8,18 +8,23 @@ other unknown field is a 400 naming it. Types are strict.
 ``input`` is a string (one user message) or a list of message items. After validation it is always
 a list of ``InputMessage`` whose ``content`` is a list of text parts: a string becomes one
 ``input_text`` part (``output_text`` for the assistant). Images, files and audio are refused: the
-model is text-only. Tool items (function calls, their outputs, reasoning, item references) are
-refused: Tandem serves no tools.
+model is text-only. Besides messages, ``function_call`` items (a call the model made) and
+``function_call_output`` items (its result, linked by ``call_id``) are accepted; other tool items
+(reasoning, item references, other tools' calls) are refused by name. ``tools`` are function tools
+(flat: ``{type: function, name, description, parameters, strict}``); ``text.format`` is ``text``,
+``json_object`` or ``json_schema``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from ..chat.models import INT64_MAX, INT64_MIN, UINT32_MAX
+from ..errors import UNION_TAG
 from ..params import OpenAIRequest
 
 MAX_METADATA_PAIRS = 16
@@ -28,11 +33,7 @@ MAX_METADATA_VALUE = 512
 
 # OpenAI request fields that are not implemented → the values that mean "not used" (null always is).
 NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
-    "tools": ([],),
-    "tool_choice": ("auto", "none"),
-    "parallel_tool_calls": (True, False),     # no tools, so either value is trivially honoured
     "max_tool_calls": (),
-    "text": ({"format": {"type": "text"}},),
     "reasoning": ({},),
     "include": ([],),
     "top_logprobs": (0,),
@@ -52,7 +53,7 @@ NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
 
 TEXT_PART_TYPES = ("input_text", "output_text")
 MEDIA_PART_TYPES = ("input_image", "input_file", "input_audio")
-TOOL_ITEM_TYPES = ("function_call", "function_call_output", "reasoning", "item_reference",
+TOOL_ITEM_TYPES = ("reasoning", "item_reference",
                    "custom_tool_call", "custom_tool_call_output", "mcp_call", "computer_call",
                    "computer_call_output", "web_search_call", "file_search_call")
 
@@ -122,21 +123,119 @@ class InputMessage(BaseModel):
         return data
 
 
+def _output_text(value: Any) -> Any:
+    """A function_call_output's ``output``: a string, or input_text parts joined."""
+    if isinstance(value, list):
+        for i, kind in _types(value):
+            if kind != "input_text":
+                raise PydanticCustomError("unsupported_content", "Output part {index} has type '{kind}'; "
+                                          "only 'input_text' parts are supported.", {"index": i, "kind": kind})
+        return "\n".join(part.get("text", "") for part in value)
+    return value
+
+
+class FunctionCallInput(BaseModel):
+    """A call the model made earlier (replayed into the prompt)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str
+    arguments: str
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputInput(BaseModel):
+    """The result of a call, linked to it by ``call_id`` (text only)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: Annotated[str, BeforeValidator(_output_text)]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+def _item_kind(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return UNION_TAG + (kind if kind in ("function_call", "function_call_output") else "message")
+
+
+InputItem = Annotated[Union[Annotated[InputMessage, Tag(UNION_TAG + "message")],
+                            Annotated[FunctionCallInput, Tag(UNION_TAG + "function_call")],
+                            Annotated[FunctionCallOutputInput, Tag(UNION_TAG + "function_call_output")]],
+                      Discriminator(_item_kind)]
+
+
 def _input_items(value: Any) -> Any:
-    """A string is one user message; item types other than messages are refused by name."""
+    """A string is one user message; item types this server does not take are refused by name."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     for i, kind in _types(value):
         if kind in TOOL_ITEM_TYPES:
             raise PydanticCustomError(
-                "unsupported_item", "Input item {index} has type '{kind}'; this server serves "
-                "no tools and accepts only 'message' items.",
+                "unsupported_item", "Input item {index} has type '{kind}'; this server accepts "
+                "'message', 'function_call' and 'function_call_output' items.",
                 {"index": i, "kind": kind, "param": f"input[{i}]"})
-        if kind is not None and kind != "message":
+        if kind is not None and kind not in ("message", "function_call", "function_call_output"):
             raise PydanticCustomError("invalid_value", "Input item {index} has unknown type "
                                       "'{kind}'.", {"index": i, "kind": kind,
                                                     "param": f"input[{i}].type"})
     return value
+
+
+class FunctionToolParam(BaseModel):
+    """A function tool (flat, as the Responses API spells it); other tool types are not run here."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(BaseModel):
+    """``text.format``: ``text``, ``json_object``, or ``json_schema`` with ``name`` and ``schema``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "TextFormat":
+        if self.type == "json_schema" and (self.schema_ is None or self.name is None):
+            raise PydanticCustomError("invalid_value", "A 'json_schema' format needs 'name' and 'schema'.",
+                                      {"member": "schema"})
+        if self.type != "json_schema" and (self.schema_ is not None or self.name is not None):
+            raise PydanticCustomError("invalid_value", "Only a 'json_schema' format has 'name' and 'schema'.",
+                                      {"member": "type"})
+        return self
+
+    def echo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class TextParam(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: TextFormat | None = None
+    verbosity: Literal["medium"] | None = None      # the only verbosity this model has
 
 
 class StreamOptions(BaseModel):
@@ -151,7 +250,7 @@ class ResponseCreateRequest(OpenAIRequest):
     NOT_SUPPORTED = NOT_SUPPORTED
 
     model: str
-    input: Annotated[list[InputMessage], BeforeValidator(_input_items), Field(min_length=1)]
+    input: Annotated[list[InputItem], BeforeValidator(_input_items), Field(min_length=1)]
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -168,6 +267,19 @@ class ResponseCreateRequest(OpenAIRequest):
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     ignore_eos: bool | None = None
+    tools: list[FunctionToolParam] | None = None
+    tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextParam | None = None
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> "ResponseCreateRequest":
+        if self.tool_choice not in (None, "auto", "none") and not self.tools:
+            raise _invalid("tool_choice", "'tool_choice' needs 'tools'.")
+        fmt = self.text.format if self.text else None
+        if self.tools and fmt is not None and fmt.type != "text":
+            raise _invalid("text.format", "Give 'tools' or a JSON 'text.format', not both.")
+        return self
 
     @model_validator(mode="after")
     def _check_metadata(self) -> "ResponseCreateRequest":

@@ -1,8 +1,9 @@
 """The ``Response`` object and its parts, as JSON-ready dicts (reference §1.2–1.4).
 
 A Response echoes its request (model, instructions, sampling values in effect, limits, metadata,
-previous_response_id, store, truncation, user, background) and carries at most one output item: an
-assistant ``message`` with one ``output_text`` part. ``usage`` is null until the response ends;
+previous_response_id, store, truncation, user, background, tools, tool_choice, text.format) and
+carries its output items: an assistant ``message`` with one ``output_text`` part (when the model
+wrote text), then one ``function_call`` item per call. ``usage`` is null until the response ends;
 then it has OpenAI's counts plus Tandem's ``prefill_time`` and ``decode_time_arr`` (see usage.py).
 """
 
@@ -40,14 +41,15 @@ def new_response(response_id: str, body: ResponseCreateRequest, model: str, stat
         "metadata": dict(body.metadata or {}),
         "model": model,
         "output": [],
-        "parallel_tool_calls": _echo(body, "parallel_tool_calls", True),
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
         "reasoning": None,
         "store": body.keep,
         "temperature": 1.0 if body.temperature is None else body.temperature,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": _echo(body, "tool_choice", "auto"),
-        "tools": [],
+        "text": {"format": body.text.format.echo() if body.text and body.text.format else {"type": "text"}},
+        "tool_choice": _tool_choice(body),
+        "tools": [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters,
+                   "strict": t.strict} for t in body.tools or ()],
         "top_p": 1.0 if body.top_p is None else body.top_p,
         "truncation": body.truncation or "disabled",
         "usage": None,
@@ -55,10 +57,12 @@ def new_response(response_id: str, body: ResponseCreateRequest, model: str, stat
     }
 
 
-def _echo(body: ResponseCreateRequest, name: str, default: Any) -> Any:
-    """A neutral-only field (responses_models.NOT_SUPPORTED) as the request gave it, or its default."""
-    value = (body.model_extra or {}).get(name)
-    return default if value is None else value
+def _tool_choice(body: ResponseCreateRequest) -> Any:
+    """``tool_choice`` as in effect (``any`` is ``required``)."""
+    choice = body.tool_choice
+    if choice is None or isinstance(choice, str):
+        return {"any": "required", None: "auto"}.get(choice, choice)
+    return {"type": "function", "name": choice.name}
 
 
 def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
@@ -66,6 +70,11 @@ def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
     content = [] if text is None else [output_part(text)]
     return {"type": "message", "id": item_id, "role": "assistant", "status": status,
             "content": content}
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
+            "status": status}
 
 
 def output_part(text: str) -> dict[str, Any]:

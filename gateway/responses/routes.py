@@ -16,6 +16,7 @@ With ``store: false`` nothing is read from or written to Redis except the parent
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -38,6 +39,7 @@ from .models import ResponseCreateRequest
 from .object import new_id, new_response
 from .replay import follow
 from .run import ResponseRun
+from .structured import response_constraints
 from .state import ResponsesState, responses_state
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,9 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     check_model(body.model, settings.served_model_name)
     refuse_lone_surrogates(body)
     sampling = sampling_params(body, max_tokens=body.max_output_tokens, engine_params=ENGINE_PARAMS)
-    items, prompt = await conversation(body, shared.store, state.backend)
+    constraints = response_constraints(body)
+    sampling = dataclasses.replace(sampling, grammar=constraints.grammar)
+    items, prompt = await conversation(body, shared.store, state.backend, constraints.tools)
     response_id = f"resp_{request_id(request)}"
     params = GenerateParams(response_id, prompt.token_ids, sampling,
                             affinity=affinity_key(chat_messages(items, None)),
@@ -63,13 +67,14 @@ async def create_response(body: ResponseCreateRequest, request: Request,
              bool(body.background), body.keep, body.user)
     status = "queued" if body.background else "in_progress"
     builder = ResponseEvents(new_response(response_id, body, settings.served_model_name, status),
-                             new_id("msg"))
+                             new_id("msg"), lazy_message=constraints.parse_calls)
     generation = Generation(state.backend, params, arrival(request), settings.request_timeout_s,
                             ENGINE_PARAMS)
     logged = body.keep and bool(body.stream or body.background)
     run = ResponseRun(generation, builder, shared.store if body.keep else None,
                       log=EventLog(shared.store, response_id, shared.event_log_batch) if logged else None,
-                      input_tokens=len(prompt.token_ids), spawn=shared.tasks.spawn)
+                      input_tokens=len(prompt.token_ids), spawn=shared.tasks.spawn,
+                      parse_calls=constraints.parse_calls)
     if body.background:
         return await start_background(run, items, body, shared, settings)
     return await run_foreground(request, run, items, body, settings)

@@ -29,6 +29,8 @@ from typing import Any, AsyncIterator, Callable, Coroutine
 
 from ..errors import APIError
 from ..generation import Generation
+from ..tools.calls import ToolOutput
+from ..tools.parser import ArgumentsDelta, CallClosed, CallOpened, TextDelta
 from .event_log import EventLog
 from .events import ResponseEvents
 from .object import usage_body
@@ -42,7 +44,7 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 class ResponseRun:
     def __init__(self, generation: Generation, builder: ResponseEvents,
                  store: ResponseStore | None, *, log: EventLog | None, input_tokens: int,
-                 spawn: Spawn):
+                 spawn: Spawn, parse_calls: bool = False):
         """``store=None``: not stored (store=false); ``log``: the event log, if the response
         keeps one. ``spawn`` runs a coroutine as its own task."""
         self.generation = generation
@@ -50,6 +52,7 @@ class ResponseRun:
         self.store = store
         self.log = log if store is not None else None
         self.input_tokens = input_tokens
+        self.output = ToolOutput(parse=parse_calls)      # text and tool calls (gateway/tools)
         self._spawn = spawn
         self._started = False
         self._ended = False                     # events() has run to its end (or was stopped)
@@ -127,12 +130,29 @@ class ResponseRun:
             yield await self._emit(event)
         async for chunk in self.generation:
             self._check_log()
-            if chunk.text:
-                yield await self._emit(self.builder.delta(chunk.text))
+            for event in self._item_events(self.output.feed(chunk.text)):
+                yield await self._emit(event)
+        for event in self._item_events(self.output.finish()):
+            yield await self._emit(event)
         self._check_log()
 
+    def _item_events(self, parsed: list) -> list[dict[str, Any]]:
+        """The builder's events for the parser's (text, calls opened, argument pieces, calls closed)."""
+        events: list[dict[str, Any]] = []
+        for e in parsed:
+            if isinstance(e, TextDelta):
+                events += self.builder.delta(e.text)
+            elif isinstance(e, CallOpened):
+                events += self.builder.call_added(self.output.calls[e.index].id, e.name)
+            elif isinstance(e, ArgumentsDelta):
+                events.append(self.builder.call_arguments(e.index, e.text))
+            elif isinstance(e, CallClosed):
+                events += self.builder.call_done(e.index)
+        return events
+
     def _outcome(self) -> tuple[str, ...]:
-        if self.generation.finish_reason == "length":
+        if self.generation.finish_reason in ("length", "grammar"):   # grammar: ended early, see
+            # FINISH_REASON_GRAMMAR; the SDK knows only these reasons
             return ("incomplete", "max_output_tokens")
         return ("completed",)
 

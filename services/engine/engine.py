@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from . import sampler
 from .block_manager import BlockManager
 from .checkpoint import load_state_dict, model_name_for, resolve_model_dir, default_model_path
 from .config import EngineConfig, ModelConfig
+from .constrained import GrammarCompilerPool, RequestGrammar, mask_logits
 from .errors import InvalidRequestError
+from .grammar import build_grammar
 from .kv_cache import KVCache, kv_bytes_per_token
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
@@ -66,6 +69,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.cache, self.device)
         eos = set(mc.eos_token_ids) | ({self.tokenizer.eos_token_id} - {None})
         self.eos_token_ids = frozenset(eos)
+        self.grammars = GrammarCompilerPool(self.tokenizer.hf, mc.vocab_size, list(eos))
+        self._awaiting_grammar: list[Sequence] = []   # constrained requests whose grammar compiles
         self._live: dict[str, _Live] = {}
         self._lock = threading.RLock()
         # Prefill side: prompt KV copied out after the first token, waiting to be sent. Guarded by
@@ -85,7 +90,7 @@ class LLMEngine:
         with self._lock:
             seq = self._new_sequence(request_id, prompt_token_ids, params)
             seq.prefill_only = prefill_only
-            self.scheduler.add(seq)
+            self._admit(seq)
         return seq
 
     def _new_sequence(self, request_id: str, prompt: list[int], params: SamplingParams) -> Sequence:
@@ -96,6 +101,8 @@ class LLMEngine:
         seq = Sequence(request_id, list(prompt), params, max_tokens)
         if params.seed is not None:
             seq.seed = params.seed
+        if params.grammar is not None:
+            seq.grammar = RequestGrammar(self.grammars.compile(params.grammar))
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
         self._live[request_id] = _Live(seq, Detokenizer(self.tokenizer, params.stop), frozenset(stop_ids))
         return seq
@@ -104,6 +111,8 @@ class LLMEngine:
         """Raise ``InvalidRequestError`` if ``add_request`` would refuse this request."""
         params.validate()
         self._check_lengths(prompt_token_ids, params)
+        if params.grammar is not None:
+            build_grammar(params.grammar)
 
     def _check_lengths(self, prompt: list[int], params: SamplingParams) -> int:
         n = len(prompt)
@@ -134,12 +143,14 @@ class LLMEngine:
             live = self._live.pop(request_id, None)
             if live is None:
                 return False
+            if live.seq in self._awaiting_grammar:
+                self._awaiting_grammar.remove(live.seq)
             self.scheduler.finish(live.seq, "abort")
             return True
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return self.scheduler.has_unfinished()
+            return self.scheduler.has_unfinished() or bool(self._awaiting_grammar)
 
     def prefix_cache_stats(self) -> PrefixCacheStats:
         """Prefix-cache counters: tokens looked up and found, blocks cached now, evictions."""
@@ -150,20 +161,58 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model, sample, and post-process; one output per sampled request."""
         with self._lock:
+            failed = self._admit_compiled()
             batch = self.scheduler.schedule()
-            if not batch.scheduled:
-                return []
-            started = time.perf_counter()
-            sampled, logits = self.runner.run(batch)
-            self.scheduler.mark_computed(batch)
-            for s in batch.scheduled:
-                s.seq.scheduled_time = s.seq.scheduled_time or started
-            seqs = [s.seq for s in sampled]
-            tokens = sampler.sample(logits, seqs) if seqs else []
-            now = time.perf_counter()
-            return [self._postprocess(seq, token, now) for seq, token in zip(seqs, tokens)]
+            compiling = [s.grammar.future for s in self._awaiting_grammar]
+            if batch.scheduled:
+                started = time.perf_counter()
+                sampled, logits = self.runner.run(batch)
+                self.scheduler.mark_computed(batch)
+                for s in batch.scheduled:
+                    s.seq.scheduled_time = s.seq.scheduled_time or started
+                seqs = [s.seq for s in sampled]
+                mask_logits(logits, [seq.grammar for seq in seqs])
+                tokens = sampler.sample(logits, seqs) if seqs else []
+                now = time.perf_counter()
+                return failed + [self._postprocess(seq, token, now) for seq, token in zip(seqs, tokens)]
+        if compiling and not failed:   # nothing to run but grammars compiling: wait for one
+            wait(compiling, timeout=0.01, return_when=FIRST_COMPLETED)
+        return failed
+
+    # -- constrained requests -------------------------------------------------------------------
+    def _admit(self, seq: Sequence) -> None:
+        """Queue ``seq`` for the scheduler, or hold it while its grammar compiles."""
+        if seq.grammar is not None and seq.grammar.matcher is None:
+            seq.status = SequenceStatus.AWAITING_GRAMMAR
+            self._awaiting_grammar.append(seq)
+        else:
+            seq.status = SequenceStatus.WAITING
+            self.scheduler.add(seq)
+
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Queue the held requests whose grammar is ready (their matcher replays their output so
+        far); end those whose grammar failed."""
+        failed = []
+        for seq in [s for s in self._awaiting_grammar if s.grammar.ready]:
+            self._awaiting_grammar.remove(seq)
+            if seq.grammar.start(seq.output_token_ids):
+                self._admit(seq)
+            else:
+                failed.append(self._end_refused(seq, time.perf_counter()))
+        return failed
+
+    def _end_refused(self, seq: Sequence, now: float) -> RequestOutput:
+        log.warning("request %s ends: %s", seq.request_id, seq.grammar.error)
+        self.scheduler.finish(seq, "grammar")
+        del self._live[seq.request_id]
+        return RequestOutput(
+            request_id=seq.request_id, new_token_ids=[], text="", finished=True, finish_reason="grammar",
+            prompt_tokens=seq.num_prompt_tokens, completion_tokens=len(seq.output_token_ids),
+            prefill_time=seq.prefill_time, decode_time_arr=list(seq.decode_times))
 
     def _postprocess(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+        if seq.grammar is not None and not seq.grammar.accept(token):
+            return self._end_refused(seq, now)
         live = self._live[seq.request_id]
         seq.record_token(token, now)
         text = live.detok.push(token)
@@ -237,7 +286,9 @@ class LLMEngine:
         after them has to be pulled (``import_kv(..., start_token=that)``)."""
         with self._lock:
             seq = self._awaiting_kv(request_id)
-            hits = self.blocks.match_prefix(seq)[:seq.num_prompt_tokens // self.blocks.block_size]
+            # at least one prompt token is pulled: a wholly cached prompt would ask for 0 tokens,
+            # which the prefill worker refuses (start_token must lie inside the prompt)
+            hits = self.blocks.match_prefix(seq)[:(seq.num_prompt_tokens - 1) // self.blocks.block_size]
             if not self.blocks.can_admit(seq, hits):
                 return None
             self.blocks.take_prefix(seq, hits)
@@ -259,9 +310,8 @@ class LLMEngine:
             self.cache.import_(seq.block_table, kv, start_token)
             seq.num_computed_tokens = seq.num_prompt_tokens
             self.blocks.cache_full_blocks(seq, start_token, seq.num_prompt_tokens)
-            seq.status = SequenceStatus.WAITING
             seq.queued_time = time.perf_counter()
-            self.scheduler.add(seq)
+            self._admit(seq)
 
     def _awaiting_kv(self, request_id: str) -> Sequence:
         live = self._live.get(request_id)

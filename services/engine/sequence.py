@@ -14,8 +14,10 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import InvalidRequestError
+from .grammar import GrammarSpec
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    grammar: GrammarSpec | None = None   # constrained decoding (services/engine/grammar.py)
 
     def validate(self) -> None:
         """Raise ``InvalidRequestError`` naming the first out-of-range field."""
@@ -62,6 +65,8 @@ class SequenceStatus(enum.Enum):
     RUNNING = "running"          # scheduled every step
     AWAITING_KV = "awaiting_kv"  # decode worker: adopted with its first token, not scheduled until
                                  # its prompt KV is imported (prefill-side copies are "held KV")
+    AWAITING_GRAMMAR = "awaiting_grammar"  # not scheduled until its grammar is compiled (the
+                                           # engine holds it; it may own reserved blocks)
     FINISHED = "finished"
 
 
@@ -85,6 +90,7 @@ class Sequence:
     decode_times: list[float] = field(default_factory=list)
     num_preemptions: int = 0
     prefill_only: bool = False   # prefill worker: hold the KV after the first token instead of decoding
+    grammar: Any = None          # a constrained request's RequestGrammar (services/engine/constrained.py)
     num_cached_tokens: int = 0   # prompt tokens whose KV came from the prefix cache at first admission
     block_hashes: list[bytes] = field(default_factory=list)   # prefix-cache keys of its first full blocks
     queued_time: float | None = None      # joined the scheduler's queue (None: at arrival)
@@ -149,7 +155,9 @@ class RequestOutput:
     """What one engine step produced for one request.
 
     ``text`` is the new text since the last output (stop strings removed). On the finishing output,
-    ``finish_reason`` is ``stop``, ``length`` or ``abort`` and the totals are final.
+    ``finish_reason`` is ``stop``, ``length``, ``abort`` or ``grammar`` (a constrained request
+    whose grammar failed to compile or refused a token: it ends there, the refused token's text is
+    never emitted) and the totals are final.
     """
 
     request_id: str

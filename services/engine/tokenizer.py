@@ -20,6 +20,11 @@ class Tokenizer:
             raise ValueError(f"{model_dir} has no chat template")
 
     @property
+    def hf(self):
+        """The Hugging Face tokenizer itself (xgrammar reads its vocabulary)."""
+        return self._tok
+
+    @property
     def eos_token_id(self) -> int | None:
         return self._tok.eos_token_id
 

@@ -75,6 +75,8 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         finally:
             self.loop.unsubscribe(rid)
         replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
+        if not out.new_token_ids:   # a constrained request whose grammar failed before token 1
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {rid}: the grammar could not be used")
         self.metrics.prefilled(out, arrival, time.perf_counter())
         reply = pb.PrefillReply(first_token_id=out.new_token_ids[0], text=out.text,
                                 finished=not out.kv_held, finish_reason=wire.FINISH_REASONS[out.finish_reason],

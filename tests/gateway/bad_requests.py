@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 USER = [{"role": "user", "content": "Hi"}]
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
 def body(model: str, **fields: Any) -> dict[str, Any]:
@@ -32,20 +34,33 @@ CASES: list[tuple[str, Any, int, str | None, str]] = [
     ("top-k-negative", lambda m: body(m, top_k=-1), 400, "top_k", "invalid_value"),
     ("five-stops", lambda m: body(m, stop=["a", "b", "c", "d", "e"]), 400, "stop", "invalid_value"),
     ("unknown-field", lambda m: body(m, foo=1), 400, "foo", "unknown_parameter"),
-    ("tools", lambda m: body(m, tools=[{"type": "function", "function": {"name": "f"}}]), 400,
-     "tools", "unsupported_parameter"),
+    ("tool-type-web-search", lambda m: body(m, tools=[TOOL, {"type": "web_search"}]), 400,
+     "tools[1].type", "invalid_value"),
+    ("tool-choice-unknown-function", lambda m: body(m, tools=[TOOL], tool_choice={
+        "type": "function", "function": {"name": "nope"}}), 400, "tool_choice", "invalid_value"),
+    ("tool-choice-without-tools", lambda m: body(m, tool_choice="required"), 400, "tool_choice",
+     "invalid_value"),
+    ("tool-message-unknown-call", lambda m: body(m, messages=[*USER, {"role": "tool", "tool_call_id": "call_x",
+                                                                      "content": "18C"}]),
+     400, "messages[1].tool_call_id", "invalid_value"),
+    ("tool-schema-uncompilable", lambda m: body(m, tools=[{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "strin"}}}]), 400, "tools[0].function.parameters", "invalid_schema"),
+    ("response-format-bad-schema", lambda m: body(m, response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/nope"}}}}}), 400,
+     "response_format.json_schema.schema", "invalid_schema"),
+    ("response-format-unknown-type", lambda m: body(m, response_format={"type": "yaml"}), 400,
+     "response_format.type", "invalid_value"),
+    ("functions", lambda m: body(m, functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter"),
     ("n-2", lambda m: body(m, n=2), 400, "n", "unsupported_parameter"),
     ("logprobs", lambda m: body(m, logprobs=True), 400, "logprobs", "unsupported_parameter"),
     ("penalty", lambda m: body(m, presence_penalty=0.5), 400, "presence_penalty",
      "unsupported_parameter"),
-    ("json-mode", lambda m: body(m, response_format={"type": "json_object"}), 400,
-     "response_format", "unsupported_parameter"),
     ("image", lambda m: body(m, messages=[{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]),
      400, "messages[0].content", "unsupported_content"),
-    ("tool-role", lambda m: body(m, messages=[{"role": "tool", "content": "x"}]), 400,
-     "messages[0].role", "invalid_value"),
+    ("tool-role-without-call-id", lambda m: body(m, messages=[{"role": "tool", "content": "x"}]), 400,
+     "messages[0].tool_call_id", "invalid_value"),
     ("message-name", lambda m: body(m, messages=[{"role": "user", "content": "x", "name": "bob"}]),
      400, "messages[0].name", "unknown_parameter"),
     ("stream-options-without-stream", lambda m: body(m, stream_options={"include_usage": True}),

@@ -1,0 +1,31 @@
+"""The Responses API's ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``text.format`` as the
+engine's grammar (the rules are Chat Completions', gateway/chat/structured.py; only the shapes differ:
+tools are flat, a named choice is ``{type: function, name}``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.engine.grammar import GrammarSpec
+
+from ..tools.definitions import FunctionTool, check_tools, format_grammar, tool_choice, tool_grammar
+from .models import NamedToolChoice, ResponseCreateRequest
+
+
+@dataclass(frozen=True)
+class ResponseConstraints:
+    tools: list[FunctionTool]
+    grammar: GrammarSpec | None
+    parse_calls: bool           # the output may hold a tool-call tag
+
+
+def response_constraints(body: ResponseCreateRequest) -> ResponseConstraints:
+    tools = [FunctionTool(t.name, t.description, t.parameters, t.strict) for t in body.tools or ()]
+    check_tools(tools, [f"tools[{i}].parameters" for i in range(len(tools))])
+    named = isinstance(body.tool_choice, NamedToolChoice)
+    choice = tool_choice(None if named else body.tool_choice, body.tool_choice.name if named else None, tools)
+    grammar = tool_grammar(tools, choice, body.parallel_tool_calls is not False)
+    fmt = body.text.format if body.text else None
+    if grammar is None and fmt is not None:
+        grammar = format_grammar(fmt.type, fmt.schema_, "text.format.schema")
+    return ResponseConstraints(tools, grammar, parse_calls=bool(tools) and choice.mode != "none")
