@@ -75,6 +75,8 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         finally:
             self.loop.unsubscribe(rid)
         replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
+        if out.finish_reason == "error":   # the engine step failed; nothing is held
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {self.config.worker_id}: {out.error}")
         if not out.new_token_ids:   # a constrained request whose grammar failed before token 1
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {rid}: the grammar could not be used")
         self.metrics.prefilled(out, arrival, time.perf_counter())
