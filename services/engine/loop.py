@@ -62,6 +62,17 @@ class EngineLoop:
     def unsubscribe(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
+    def abort(self, request_id: str) -> bool:
+        """Abort ``request_id`` in the engine (freeing its KV) and hand its waiter, if any, a final
+        ``abort`` output at once, so nobody sits until a timeout. False if the engine did not know it."""
+        found = self.engine.abort(request_id)
+        q = self._queues.get(request_id)
+        if found and q is not None:
+            q.put(RequestOutput(request_id=request_id, new_token_ids=[], text="", finished=True,
+                                finish_reason="abort", prompt_tokens=0, completion_tokens=0,
+                                prefill_time=None, decode_time_arr=[]))
+        return found
+
     def wake(self) -> None:
         self._wake.set()
 

@@ -65,16 +65,20 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         if request.test_corrupt_kv and self.config.test_hooks:
             self._corrupt.add(rid)
         replied = threading.Event()
-        context.add_callback(lambda: None if replied.is_set() else self.engine.abort(rid))
+        # A caller that leaves (cancel, deadline, dead peer) aborts the request, which hands the
+        # wait below its final output: no server thread is held for a caller that is gone.
+        context.add_callback(lambda: None if replied.is_set() else self.loop.abort(rid))
         self.loop.wake()
         try:
-            out = outputs.get(timeout=self.config.request_timeout_s)
+            out = outputs.get(timeout=_wait_s(context, self.config.request_timeout_s))
         except queue.Empty:
             self.engine.abort(rid)
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill of {rid} timed out")
         finally:
             self.loop.unsubscribe(rid)
         replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
+        if out.finish_reason == "abort":
+            context.abort(grpc.StatusCode.CANCELLED, f"prefill of {rid} was aborted")
         if out.finish_reason == "error":   # the engine step failed; nothing is held
             context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {self.config.worker_id}: {out.error}")
         if not out.new_token_ids:   # a constrained request whose grammar failed before token 1
@@ -135,7 +139,7 @@ class PrefillServicer(rpc.PrefillServiceServicer):
 
     def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
         self._corrupt.discard(request.request_id)
-        return pb.AbortReply(found=self.engine.abort(request.request_id))
+        return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
         return worker_status(self.engine)
@@ -153,6 +157,12 @@ class PrefillServicer(rpc.PrefillServiceServicer):
     def close(self) -> None:
         for channel in self.channels.values():
             channel.close()
+
+
+def _wait_s(context: grpc.ServicerContext, limit: float) -> float:
+    """How long to wait for the engine: ``limit``, or less when the caller's deadline is sooner."""
+    remaining = context.time_remaining()
+    return limit if remaining is None else max(0.0, min(limit, remaining))
 
 
 def _from(kv, start_token: int):
