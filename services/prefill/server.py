@@ -10,7 +10,8 @@ A request's life here:
    after it is sent. The prompt's blocks stay here as prefix cache, so a follow-up that shares
    them computes only its new tokens (the reply's ``cached_tokens``).
 3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once. While
-   the held copies add up to ``max_held_kv_bytes`` or more, ``Prefill`` answers RESOURCE_EXHAUSTED
+   the held copies plus the KV of prompts admitted but not yet prefilled add up to
+   ``max_held_kv_bytes`` or more (checked and reserved under one lock), ``Prefill`` answers RESOURCE_EXHAUSTED
    (decode workers that do not pull cannot make this worker run out of memory).
 Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode worker's TCPStore.
 """
@@ -18,6 +19,7 @@ Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode wor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -46,15 +48,31 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         self.channels: dict[str, KvChannel] = {}
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
+        self._reserved = 0   # KV bytes of admitted prompts not yet held (guarded by _lock)
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
+        nbytes = self._reserve_held(len(request.prompt_token_ids), context)
+        try:
+            return self._prefill(request, context)
+        finally:   # by now the KV is in held_kv_bytes (or was never made)
+            with self._lock:
+                self._reserved -= nbytes
+
+    def _reserve_held(self, num_tokens: int, context: grpc.ServicerContext) -> int:
+        """Atomically admit a prompt while held plus in-flight KV is under the cap; its KV size."""
+        nbytes = math.prod(self.engine.kv_shape(num_tokens)) * self.engine.config.torch_dtype.itemsize
+        with self._lock:
+            held = self.engine.held_kv_bytes() + self._reserved
+            if held < self.config.max_held_kv_bytes:
+                self._reserved += nbytes
+                return nbytes
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"prefill worker {self.config.worker_id} holds {held} bytes of KV that no decode "
+                      f"worker has pulled yet (limit {self.config.max_held_kv_bytes}); retry later")
+
+    def _prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
         rid = request.request_id
         arrival = time.perf_counter()
-        held = self.engine.held_kv_bytes()
-        if held >= self.config.max_held_kv_bytes:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"prefill worker {self.config.worker_id} holds {held} bytes of KV that no decode "
-                          f"worker has pulled yet (limit {self.config.max_held_kv_bytes}); retry later")
         outputs = self.loop.subscribe(rid)
         try:
             self.engine.add_request(rid, list(request.prompt_token_ids),
