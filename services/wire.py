@@ -55,4 +55,4 @@ def grammar_from_proto(msg: pb.Grammar) -> GrammarSpec:
 def token_event(out: RequestOutput) -> pb.TokenEvent:
     """A TokenEvent for one engine output (totals are filled in by the caller on the last one)."""
     return pb.TokenEvent(token_ids=out.new_token_ids, text=out.text, finished=out.finished and not out.kv_held,
-                         finish_reason=FINISH_REASONS[out.finish_reason])
+                         finish_reason=FINISH_REASONS[out.finish_reason], error=out.error)

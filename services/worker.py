@@ -3,7 +3,9 @@
 A worker's life: build the engine (loads the model), start the engine loop and the gRPC server
 (with the standard gRPC health service, services/health.py), serve Prometheus metrics on the
 metrics port (services/metrics.py), announce itself in the registry with a heartbeat that expires, serve until SIGTERM/SIGINT, then
-leave the registry, stop the server (in-flight calls get a grace period) and exit.
+leave the registry, stop the server (in-flight calls get a grace period) and exit. An engine that
+failed ``max_step_failures`` steps in a row (``EngineLoop.failed``) takes the same way out at once,
+and the process exits 1.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class WorkerConfig:
     test_hooks: bool = False
     metrics_port: int = 0          # Prometheus /metrics on ``host``; 0 picks a free port
     engine_stall_s: float = 60.0   # gRPC health says NOT_SERVING once the engine loop stalls this long
+    max_step_failures: int = 3     # failed engine steps in a row after which the worker exits 1
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "colocated"):
@@ -97,16 +100,20 @@ def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:
     return server, port
 
 
-def run_until_signal(server: grpc.Server, on_stop) -> None:
-    """Serve until SIGTERM or SIGINT, then call ``on_stop`` and stop the server with a grace period."""
+def run_until_signal(server: grpc.Server, on_stop, failed: threading.Event | None = None) -> int:
+    """Serve until SIGTERM or SIGINT (exit status 0) or until ``failed`` is set (1), then call
+    ``on_stop`` (which leaves the registry) and stop the server with a grace period."""
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     while not done.wait(0.5):
-        pass
+        if failed is not None and failed.is_set():
+            log.critical("the engine cannot serve; leaving the registry and exiting")
+            break
     log.info("stopping")
     on_stop()
     server.stop(grace=5).wait(10)
+    return 1 if failed is not None and failed.is_set() else 0
 
 
 def registry_heartbeat(config: WorkerConfig, address: str, status, extra: dict | None = None):

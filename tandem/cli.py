@@ -96,7 +96,8 @@ def engine_config(args: argparse.Namespace):
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
                         kv_cache_bytes=s.kv_cache_bytes, num_threads=s.num_threads,
                         enable_prefix_caching=s.prefix_caching,
-                        max_num_seqs=getattr(args, "max_num_seqs", 64))
+                        max_num_seqs=getattr(args, "max_num_seqs", 64),
+                        test_fail_step=s.test_hooks and s.test_fail_step == getattr(args, "command", ""))
 
 
 def up_command(args: argparse.Namespace) -> int:
@@ -138,16 +139,16 @@ def worker_command(args: argparse.Namespace) -> int:
                           kv_timeout_s=getattr(args, "kv_timeout", s.kv_timeout_s),
                           request_timeout_s=s.request_timeout_s, held_kv_ttl_s=s.held_kv_ttl_s,
                           max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s,
-                          metrics_port=args.metrics_port, engine_stall_s=s.engine_stall_s)
+                          metrics_port=args.metrics_port, engine_stall_s=s.engine_stall_s,
+                          max_step_failures=s.max_step_failures)
     if args.command == "prefill":
         from services.prefill.main import serve
 
-        serve(config, s.cache_dir)
+        return serve(config, s.cache_dir)
     else:  # decode, or colocated (a decode worker that also prefills)
         from services.decode.main import serve
 
-        serve(config, s.cache_dir, kv_port=getattr(args, "kv_port", 0))
-    return 0
+        return serve(config, s.cache_dir, kv_port=getattr(args, "kv_port", 0))
 
 
 def generate(args: argparse.Namespace) -> int:

@@ -54,7 +54,13 @@ class Settings(BaseSettings):
                               "(0: a free port; `tandem up` always picks free ports)")
     engine_stall_s: float = Field(60.0, gt=0, description="worker: gRPC health turns NOT_SERVING "
                                   "when the engine loop has not turned for this long")
+    max_step_failures: int = Field(3, ge=1, description="worker: failed engine steps in a row "
+                                   "after which it leaves the registry and exits 1 (each failed "
+                                   "step ends its requests with an error)")
     test_hooks: bool = Field(False, description="honour test-only request hooks")
+    test_fail_step: Literal["", "prefill", "decode", "colocated"] = Field(
+        "", description="test hook (only with TANDEM_TEST_HOOKS): every engine step of workers of "
+                        "this role raises")
     # -- gateway and requests -------------------------------------------------------------------
     request_timeout_s: float = Field(600.0, gt=0, description="one request from arrival to its "
                                      "last token: the gateway's deadline, the gRPC deadline to "

@@ -4,7 +4,8 @@ Starts, in order: Redis (unless ``TANDEM_REDIS_URL`` names one; data and AOF und
 directory, restarted if it dies), one prefill and one decode worker as separate OS processes (each
 pinned to its own core where the OS allows, one torch thread each) — or, with ``--colocated``, one
 worker doing both on all cores — and the gateway in this process. It prints the URL once
-``/ready`` is green. Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
+``/ready`` is green. Once it is, a worker that exits is restarted with backoff and the stack keeps
+serving (tandem/supervise.py); a worker that exits during start-up stops the stack. Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
 children also die with this process if it is killed.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tandem.redis_server import EmbeddedRedis, die_with_parent
+from tandem.supervise import Slot, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +99,18 @@ def run(cfg: UpConfig) -> int:
         redis_url = redis.url
         log.info("started Redis at %s (data in %s)", redis_url, redis.data_dir)
     if cfg.colocated:
-        procs = [spawn_worker("colocated", cfg, redis_url, None)]
+        slots = [("colocated", None)]
     else:
         prefill_core, decode_core = worker_cores(cfg.pin_cores)
-        procs = [spawn_worker("prefill", cfg, redis_url, prefill_core),
-                 spawn_worker("decode", cfg, redis_url, decode_core)]
+        slots = [("prefill", prefill_core), ("decode", decode_core)]
+    supervisor = Supervisor(lambda role, core: spawn_worker(role, cfg, redis_url, core),
+                            [Slot(role, core, spawn_worker(role, cfg, redis_url, core)) for role, core in slots])
     try:
         settings = Settings.from_env().model_copy(update={"redis_url": redis_url})
         app = build_app(settings, model=cfg.model)
         server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                                timeout_graceful_shutdown=5))
-        threading.Thread(target=_announce_when_ready, args=(cfg, procs, server, redis_url, redis),
+        threading.Thread(target=_announce_when_ready, args=(cfg, supervisor, server, redis_url, redis),
                          daemon=True).start()
         # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM behave
         # like Ctrl-C so that the clean-up below runs for both.
@@ -117,7 +120,7 @@ def run(cfg: UpConfig) -> int:
         except KeyboardInterrupt:
             pass
     finally:
-        stop_processes(procs)
+        stop_processes(supervisor.procs)
         if redis is not None:
             redis.stop()
     return 0
@@ -127,8 +130,9 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, redis_url: str,
+def _announce_when_ready(cfg: UpConfig, supervisor: Supervisor, server, redis_url: str,
                          redis: EmbeddedRedis | None) -> None:
+    procs = supervisor.procs
     url = f"http://{cfg.host}:{cfg.port}"
     deadline = time.monotonic() + cfg.ready_timeout_s
     while time.monotonic() < deadline and not server.should_exit:
@@ -150,10 +154,8 @@ def _announce_when_ready(cfg: UpConfig, procs: list[subprocess.Popen], server, r
             print("tandem up: not ready in time; stopping", file=sys.stderr, flush=True)
             server.should_exit = True
         return
-    while not server.should_exit:  # a dead worker is a dead deployment: say so and stop
-        if any(p.poll() is not None for p in procs):
-            print("tandem up: a worker exited; stopping", file=sys.stderr, flush=True)
-            server.should_exit = True
+    while not server.should_exit:  # serving: restart what dies
+        supervisor.tick()
         if redis is not None and not redis.running:
             _restart_redis(redis)
         time.sleep(1)

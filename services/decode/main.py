@@ -17,9 +17,9 @@ from services.worker import WorkerConfig, grpc_server, observe, registry_heartbe
 log = logging.getLogger(__name__)
 
 
-def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> None:
+def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     engine = LLMEngine(config.engine, cache_dir)
-    loop = EngineLoop(engine).start()
+    loop = EngineLoop(engine, max_step_failures=config.max_step_failures).start()
     store = puller = None
     if config.role == "decode":   # a colocated worker prefills itself: no KV comes in
         store = KvStoreServer(config.host, kv_port)
@@ -49,4 +49,4 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> None:
             puller.close()
             store.close()
 
-    run_until_signal(server, stop)
+    return run_until_signal(server, stop, loop.failed)

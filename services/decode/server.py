@@ -94,7 +94,10 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         if prefill is None:
             return (yield from self._run_colocated(request, prompt, params, outputs, cancelled, arrival))
         rid = request.request_id
-        reply = self._prefill(request, params, prefill, context)
+        reply = self._prefill(request, params, prefill, context, cancelled)
+        if reply is None:   # the client left while the prompt was being prefilled
+            self.metrics.ended("abort")
+            return False
         if reply.finished:
             yield self._final_from_prefill(reply, len(prompt))
             return True
@@ -177,12 +180,21 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         event.transfer.CopyFrom(stats)
         return event
 
-    def _prefill(self, request, params, prefill, context) -> pb.PrefillReply:
+    def _prefill(self, request, params, prefill, context, cancelled) -> pb.PrefillReply | None:
+        """The prefill worker's reply; None if this call was cancelled meanwhile (the prefill call
+        is cancelled too, which aborts the request there)."""
+        call = prefill.Prefill.future(pb.PrefillRequest(
+            request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+            sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv),
+            timeout=self.config.request_timeout_s)
+        done = threading.Event()
+        call.add_done_callback(lambda _: done.set())
+        while not done.wait(0.05):
+            if cancelled.is_set():
+                call.cancel()
+                return None
         try:
-            return prefill.Prefill(pb.PrefillRequest(
-                request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-                sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv),
-                timeout=self.config.request_timeout_s)
+            return call.result()
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
@@ -216,7 +228,7 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             log.warning("could not abort %s on the prefill worker: %s", rid, e.details())
 
     def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
-        return pb.AbortReply(found=self.engine.abort(request.request_id))
+        return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
         return worker_status(self.engine)

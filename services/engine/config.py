@@ -86,6 +86,7 @@ class EngineConfig:
     max_model_len: int = 0
     num_threads: int = 0
     enable_prefix_caching: bool = True
+    test_fail_step: bool = False   # test hook: every step that runs the model raises after scheduling
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

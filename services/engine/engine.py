@@ -163,6 +163,8 @@ class LLMEngine:
         with self._lock:
             failed = self._admit_compiled()
             batch = self.scheduler.schedule()
+            if self.config.test_fail_step and batch.scheduled:
+                raise RuntimeError("test hook: TANDEM_TEST_FAIL_STEP makes every engine step fail")
             compiling = [s.grammar.future for s in self._awaiting_grammar]
             if batch.scheduled:
                 started = time.perf_counter()
@@ -178,6 +180,22 @@ class LLMEngine:
         if compiling and not failed:   # nothing to run but grammars compiling: wait for one
             wait(compiling, timeout=0.01, return_when=FIRST_COMPLETED)
         return failed
+
+    def fail_unfinished(self, error: str) -> list[RequestOutput]:
+        """End every request in the engine with ``finish_reason="error"`` and free its blocks
+        (after a failed step nothing in the batch can be trusted). Held KV is left to its owner."""
+        with self._lock:
+            live, self._live = self._live, {}
+            self._awaiting_grammar.clear()
+            outs = []
+            for rid, entry in live.items():
+                seq = entry.seq
+                self.scheduler.finish(seq, "error")
+                outs.append(RequestOutput(
+                    request_id=rid, new_token_ids=[], text="", finished=True, finish_reason="error",
+                    prompt_tokens=seq.num_prompt_tokens, completion_tokens=len(seq.output_token_ids),
+                    prefill_time=seq.prefill_time, decode_time_arr=list(seq.decode_times), error=error))
+            return outs
 
     # -- constrained requests -------------------------------------------------------------------
     def _admit(self, seq: Sequence) -> None:

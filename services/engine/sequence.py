@@ -155,9 +155,9 @@ class RequestOutput:
     """What one engine step produced for one request.
 
     ``text`` is the new text since the last output (stop strings removed). On the finishing output,
-    ``finish_reason`` is ``stop``, ``length``, ``abort`` or ``grammar`` (a constrained request
+    ``finish_reason`` is ``stop``, ``length``, ``abort``, ``grammar`` (a constrained request
     whose grammar failed to compile or refused a token: it ends there, the refused token's text is
-    never emitted) and the totals are final.
+    never emitted) or ``error`` (an engine step failed; ``error`` says how) and the totals are final.
     """
 
     request_id: str
@@ -172,3 +172,4 @@ class RequestOutput:
     kv_held: bool = False   # prefill-only request: first token made, KV held for handoff
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache, not computed
     timings: RequestTimings | None = None   # on the finishing (or KV-held) output only
+    error: str = ""         # with finish_reason ``error``: what failed

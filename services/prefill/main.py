@@ -15,9 +15,9 @@ from services.worker import WorkerConfig, grpc_server, observe, registry_heartbe
 log = logging.getLogger(__name__)
 
 
-def serve(config: WorkerConfig, cache_dir: Path) -> None:
+def serve(config: WorkerConfig, cache_dir: Path) -> int:
     engine = LLMEngine(config.engine, cache_dir)
-    loop = EngineLoop(engine)
+    loop = EngineLoop(engine, max_step_failures=config.max_step_failures)
     metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
     servicer = PrefillServicer(loop, config, metrics)
     metrics.bind(engine, servicer.pairs_open)
@@ -41,4 +41,4 @@ def serve(config: WorkerConfig, cache_dir: Path) -> None:
         loop.stop()
         servicer.close()
 
-    run_until_signal(server, stop)
+    return run_until_signal(server, stop, loop.failed)

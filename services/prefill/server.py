@@ -10,7 +10,8 @@ A request's life here:
    after it is sent. The prompt's blocks stay here as prefix cache, so a follow-up that shares
    them computes only its new tokens (the reply's ``cached_tokens``).
 3. A held KV never asked for is freed after ``held_kv_ttl_s``; ``Abort`` frees it at once. While
-   the held copies add up to ``max_held_kv_bytes`` or more, ``Prefill`` answers RESOURCE_EXHAUSTED
+   the held copies plus the KV of prompts admitted but not yet prefilled add up to
+   ``max_held_kv_bytes`` or more (checked and reserved under one lock), ``Prefill`` answers RESOURCE_EXHAUSTED
    (decode workers that do not pull cannot make this worker run out of memory).
 Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode worker's TCPStore.
 """
@@ -18,6 +19,7 @@ Pairs are made on demand: ``Pair`` joins a 2-rank group hosted by the decode wor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -46,15 +48,31 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         self.channels: dict[str, KvChannel] = {}
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
+        self._reserved = 0   # KV bytes of admitted prompts not yet held (guarded by _lock)
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
+        nbytes = self._reserve_held(len(request.prompt_token_ids), context)
+        try:
+            return self._prefill(request, context)
+        finally:   # by now the KV is in held_kv_bytes (or was never made)
+            with self._lock:
+                self._reserved -= nbytes
+
+    def _reserve_held(self, num_tokens: int, context: grpc.ServicerContext) -> int:
+        """Atomically admit a prompt while held plus in-flight KV is under the cap; its KV size."""
+        nbytes = math.prod(self.engine.kv_shape(num_tokens)) * self.engine.config.torch_dtype.itemsize
+        with self._lock:
+            held = self.engine.held_kv_bytes() + self._reserved
+            if held < self.config.max_held_kv_bytes:
+                self._reserved += nbytes
+                return nbytes
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"prefill worker {self.config.worker_id} holds {held} bytes of KV that no decode "
+                      f"worker has pulled yet (limit {self.config.max_held_kv_bytes}); retry later")
+
+    def _prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
         rid = request.request_id
         arrival = time.perf_counter()
-        held = self.engine.held_kv_bytes()
-        if held >= self.config.max_held_kv_bytes:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"prefill worker {self.config.worker_id} holds {held} bytes of KV that no decode "
-                          f"worker has pulled yet (limit {self.config.max_held_kv_bytes}); retry later")
         outputs = self.loop.subscribe(rid)
         try:
             self.engine.add_request(rid, list(request.prompt_token_ids),
@@ -65,16 +83,22 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         if request.test_corrupt_kv and self.config.test_hooks:
             self._corrupt.add(rid)
         replied = threading.Event()
-        context.add_callback(lambda: None if replied.is_set() else self.engine.abort(rid))
+        # A caller that leaves (cancel, deadline, dead peer) aborts the request, which hands the
+        # wait below its final output: no server thread is held for a caller that is gone.
+        context.add_callback(lambda: None if replied.is_set() else self.loop.abort(rid))
         self.loop.wake()
         try:
-            out = outputs.get(timeout=self.config.request_timeout_s)
+            out = outputs.get(timeout=_wait_s(context, self.config.request_timeout_s))
         except queue.Empty:
             self.engine.abort(rid)
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill of {rid} timed out")
         finally:
             self.loop.unsubscribe(rid)
         replied.set()  # from here the held KV belongs to the SendKv/Abort/expiry path
+        if out.finish_reason == "abort":
+            context.abort(grpc.StatusCode.CANCELLED, f"prefill of {rid} was aborted")
+        if out.finish_reason == "error":   # the engine step failed; nothing is held
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {self.config.worker_id}: {out.error}")
         if not out.new_token_ids:   # a constrained request whose grammar failed before token 1
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {rid}: the grammar could not be used")
         self.metrics.prefilled(out, arrival, time.perf_counter())
@@ -133,7 +157,7 @@ class PrefillServicer(rpc.PrefillServiceServicer):
 
     def Abort(self, request: pb.AbortRequest, context) -> pb.AbortReply:
         self._corrupt.discard(request.request_id)
-        return pb.AbortReply(found=self.engine.abort(request.request_id))
+        return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
         return worker_status(self.engine)
@@ -151,6 +175,12 @@ class PrefillServicer(rpc.PrefillServiceServicer):
     def close(self) -> None:
         for channel in self.channels.values():
             channel.close()
+
+
+def _wait_s(context: grpc.ServicerContext, limit: float) -> float:
+    """How long to wait for the engine: ``limit``, or less when the caller's deadline is sooner."""
+    remaining = context.time_remaining()
+    return limit if remaining is None else max(0.0, min(limit, remaining))
 
 
 def _from(kv, start_token: int):

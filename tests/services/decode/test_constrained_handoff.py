@@ -61,6 +61,6 @@ class RecordingPrefill(FakePrefill):
         super().__init__(reply)
         self.requests = []
 
-    def Prefill(self, request, timeout):
+    def _future(self, request, timeout):
         self.requests.append(request)
-        return super().Prefill(request, timeout)
+        return super()._future(request, timeout)

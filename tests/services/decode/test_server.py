@@ -4,7 +4,9 @@ The prefill worker and the KV puller are fakes (they are not under test here); t
 engine and the gRPC status codes are real.
 """
 
+from concurrent import futures
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -36,15 +38,20 @@ class FakeRpcError(grpc.RpcError):
 
 
 class FakePrefill:
-    """Answers ``Prefill`` with ``reply`` or raises ``error``; records ``Abort`` calls."""
+    """Answers ``Prefill`` (called as a future, like a gRPC stub) with ``reply`` or raises
+    ``error``; records ``Abort`` calls."""
 
     def __init__(self, reply: pb.PrefillReply | None = None, error: Exception | None = None):
         self.reply, self.error, self.aborted = reply, error, []
+        self.Prefill = SimpleNamespace(future=self._future)
 
-    def Prefill(self, request, timeout):
+    def _future(self, request, timeout) -> futures.Future:
+        done: futures.Future = futures.Future()
         if self.error:
-            raise self.error
-        return self.reply
+            done.set_exception(self.error)
+        else:
+            done.set_result(self.reply)
+        return done
 
     def Abort(self, request, timeout):
         self.aborted.append(request.request_id)
