@@ -27,6 +27,7 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     from .ops import OpsState
     from .ops.metrics import GatewayMetrics
     from .ops.redis import metered
+    from .ratelimit import RateLimits
     from .responses.store import ResponseStore
     from .routing import RegistryView
 
@@ -51,7 +52,9 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
     ops = OpsState(metrics, view, aioredis.Redis.from_url(settings.redis_url, **options))
     return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch,
-                      ops=ops, keys=key_ring(settings))
+                      ops=ops, keys=key_ring(settings), limits=RateLimits(
+                          settings.redis_url, settings.rate_limit_requests_per_minute,
+                          settings.rate_limit_tokens_per_minute))
 
 
 def key_ring(settings: Settings) -> "KeyRing":
