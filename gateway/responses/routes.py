@@ -29,7 +29,8 @@ from ..disconnect import unless_disconnected
 from ..generation import Generation
 from ..auth import project
 from ..middleware import arrival, request_id
-from ..params import check_model, corrupt_kv_requested, refuse_lone_surrogates, sampling_params
+from ..params import (check_model, corrupt_kv_requested, debug_headers, refuse_lone_surrogates,
+                      sampling_params)
 from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
@@ -63,7 +64,7 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     response_id = f"resp_{request_id(request)}"
     params = GenerateParams(response_id, prompt.token_ids, sampling,
                             affinity=affinity_key(chat_messages(items, None)),
-                            test_corrupt_kv=corrupt_kv_requested(request))
+                            test_corrupt_kv=corrupt_kv_requested(request, settings.test_hooks))
     log.info("%s: %d input tokens (%d items dropped), stream=%s, background=%s, store=%s, user=%s",
              response_id, len(prompt.token_ids), prompt.dropped_items, bool(body.stream),
              bool(body.background), body.keep, body.user)
@@ -131,5 +132,5 @@ async def run_foreground(request: Request, run: ResponseRun, items: list[dict[st
         await run.abandon()
     if run.error is not None:
         raise run.error
-    transfer = run.generation.transfer
-    return JSONResponse(run.response, headers=transfer.headers() if transfer else {})
+    return JSONResponse(run.response, headers=debug_headers(run.generation.transfer,
+                                                            settings.debug_headers))

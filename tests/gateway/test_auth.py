@@ -139,3 +139,16 @@ def test_records_without_an_owner_belong_to_the_default_project(store):
     assert store.owned("resp_owned")[1] == "team-a"
     assert store.delete("resp_owned")
     assert not store.client.exists(f"{store.namespace}:resp:{{resp_owned}}:owner")
+
+
+# -- nothing internal by default ------------------------------------------------------------------
+def test_no_debug_headers_and_test_hooks_refused_by_default(base_url, fake):
+    with http_as(base_url, KEY_A) as http:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+        resp = http.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200 and fake.params[-1].test_corrupt_kv is False
+        assert not [h for h in resp.headers if h.startswith("x-tandem")]
+        for path, payload in (("/v1/chat/completions", body),
+                              ("/v1/responses", {"model": MODEL, "input": "Hi"})):
+            resp = http.post(path, json=payload, headers={"x-tandem-test-corrupt-kv": "1"})
+            assert_error(resp, 400, "x-tandem-test-corrupt-kv", "unsupported_parameter")
