@@ -152,3 +152,12 @@ def test_no_debug_headers_and_test_hooks_refused_by_default(base_url, fake):
                               ("/v1/responses", {"model": MODEL, "input": "Hi"})):
             resp = http.post(path, json=payload, headers={"x-tandem-test-corrupt-kv": "1"})
             assert_error(resp, 400, "x-tandem-test-corrupt-kv", "unsupported_parameter")
+
+
+def test_tandem_up_says_whether_the_gateway_is_open():
+    from gateway.main import access_line
+    from tandem.settings import Settings
+
+    assert "OPEN" in access_line(Settings.from_env({}))
+    line = access_line(Settings.from_env({"TANDEM_API_KEYS": KEY_A}))
+    assert "requires API keys" in line and KEY_A not in line
