@@ -57,7 +57,7 @@ def conversation(base_url: str, turns: int, history_chars: int) -> list[dict]:
 
 
 def deployment(caching: bool, port: int) -> Deployment:
-    env = f"TANDEM_PREFIX_CACHING={str(caching).lower()} TANDEM_KV_CACHE_GB=0.5"
+    env = f"TANDEM_PREFIX_CACHING={str(caching).lower()} TANDEM_KV_CACHE_GB=0.5 TANDEM_DEBUG_HEADERS=1"
     return Deployment(f"caching-{'on' if caching else 'off'}", f"http://127.0.0.1:{port}/v1",
                       f"env {env} {sys.executable} -m tandem.cli up --port {port}")
 

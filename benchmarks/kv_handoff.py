@@ -3,7 +3,7 @@
     python -m benchmarks.kv_handoff --base-url http://127.0.0.1:8000/v1 [--lengths 32,128,512,1024,2048]
 
 Each request is non-streaming with ``max_tokens=2`` (so its KV crosses once); the gateway's
-``x-tandem-kv-bytes`` / ``x-tandem-kv-transfer-seconds`` headers carry what the decode worker
+``x-tandem-kv-bytes`` / ``x-tandem-kv-transfer-seconds`` headers (start it with ``TANDEM_DEBUG_HEADERS=1``) carry what the decode worker
 measured (SendKv call → verified KV in its cache, both checksums included). The machine's memory
 bandwidth is measured in the same run (a 512 MiB tensor copy, read + write bytes counted).
 ``benchmarks/kv_transfer.py`` measures the channel alone, without workers or a gateway.

@@ -22,6 +22,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from . import health, model_list
+from .auth import AuthMiddleware, KeyRing
+from .ratelimit import RateLimitMiddleware, RateLimits
 from .backend import Backend
 from .chat import route as chat
 from .config import GatewaySettings
@@ -38,8 +40,11 @@ from .state import GatewayState
 
 
 def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore | None = None,
-               *, event_log_batch: int = 32, ops: OpsState | None = None) -> FastAPI:
-    """``ops``: metrics, registry view and Redis for /metrics and /status (default: metrics only)."""
+               *, event_log_batch: int = 32, ops: OpsState | None = None,
+               keys: KeyRing | None = None, limits: RateLimits | None = None) -> FastAPI:
+    """``ops``: metrics, registry view and Redis for /metrics and /status (default: metrics only);
+    ``keys``: the API keys callers must present (default: none, the gateway is open);
+    ``limits``: the per-key rate limits (default: none)."""
     app = FastAPI(title="Tandem gateway", summary="OpenAI-compatible API over disaggregated "
                   "prefill and decode workers")
     ops = ops or OpsState(GatewayMetrics(backend.model_name))
@@ -48,6 +53,8 @@ def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore
     app.state.responses = ResponsesState.create(store or ResponseStore(None), event_log_batch)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limits=limits)            # runs after auth
+    app.add_middleware(AuthMiddleware, keys=keys or KeyRing(), auth_ops=settings.auth_ops)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(HttpMetricsMiddleware, metrics=ops.metrics)   # outermost: sees every status
     app.include_router(chat.router)

@@ -14,7 +14,10 @@ class GatewaySettings:
     does not set it. ``request_timeout_s`` bounds a generation from arrival to its last token (and
     a followed stream's silence); ``ready_timeout_s`` bounds one readiness check of the backend;
     ``sse_keepalive_s`` is the keep-alive interval of every stream; ``max_body_bytes`` the largest
-    request body (413 above it). How long stored responses live is the ``ResponseStore``'s.
+    request body (413 above it). ``auth_ops``: /metrics and /status need an API key too
+    (when keys are configured); ``debug_headers``: responses carry the ``x-tandem-*`` headers (where
+    a request ran, KV moved); ``test_hooks``: the ``x-tandem-test-*`` request headers are honoured
+    (else a request carrying one is a 400). How long stored responses live is the ``ResponseStore``'s.
     """
 
     served_model_name: str
@@ -23,6 +26,9 @@ class GatewaySettings:
     ready_timeout_s: float = 5.0
     sse_keepalive_s: float = 15.0
     max_body_bytes: int = 8 << 20
+    auth_ops: bool = True
+    debug_headers: bool = False
+    test_hooks: bool = False
 
     def __post_init__(self) -> None:
         if not self.served_model_name:

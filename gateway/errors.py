@@ -8,8 +8,10 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 | wrong type, out of range, lone surrogate     | 400    | invalid_request_error | the field      |
 | unknown or unsupported field                 | 400    | invalid_request_error | the field      |
 | the backend refuses the request              | 400    | invalid_request_error | its field      |
+| missing or wrong API key (auth.py)           | 401    | invalid_request_error | null           |
+| over a key's rate limit (ratelimit.py)       | 429    | invalid_request_error | null           |
 | unknown model / unknown URL                  | 404    | invalid_request_error | model / null   |
-| unknown, expired or deleted response         | 404    | invalid_request_error | response_id    |
+| unknown, expired, deleted, other project's   | 404    | invalid_request_error | response_id    |
 |   (named by previous_response_id)            | 404    | invalid_request_error | previous_resp… |
 | a worker fails before the first token        | 502    | server_error          | null           |
 | no worker can take it (BackendUnavailable)   | 503    | server_error          | null           |

@@ -27,6 +27,7 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     from .ops import OpsState
     from .ops.metrics import GatewayMetrics
     from .ops.redis import metered
+    from .ratelimit import RateLimits
     from .responses.store import ResponseStore
     from .routing import RegistryView
 
@@ -45,7 +46,29 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     gateway_settings = GatewaySettings(
         served_model_name=name, full_text_enabled_default=settings.full_text,
         request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,
-        sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes)
+        sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes,
+        auth_ops=settings.auth_ops, debug_headers=settings.debug_headers,
+        test_hooks=settings.test_hooks)
     store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
     ops = OpsState(metrics, view, aioredis.Redis.from_url(settings.redis_url, **options))
-    return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch, ops=ops)
+    return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch,
+                      ops=ops, keys=key_ring(settings), limits=RateLimits(
+                          settings.redis_url, settings.rate_limit_requests_per_minute,
+                          settings.rate_limit_tokens_per_minute))
+
+
+def key_ring(settings: Settings) -> "KeyRing":
+    """The API keys of ``TANDEM_API_KEYS`` and ``TANDEM_API_KEYS_FILE`` (none: open)."""
+    from .auth import KeyRing, parse_env_keys
+
+    return KeyRing(parse_env_keys(settings.api_keys), settings.api_keys_file)
+
+
+def access_line(settings: Settings) -> str:
+    """One line for the operator: whether the gateway asks for API keys."""
+    if not settings.api_keys and settings.api_keys_file is None:
+        return ("the gateway is OPEN: no API keys are configured (set TANDEM_API_KEYS or "
+                "TANDEM_API_KEYS_FILE); every caller can use it and read every stored response")
+    where = " and ".join(filter(None, ["TANDEM_API_KEYS" if settings.api_keys else "",
+                                       str(settings.api_keys_file or "")]))
+    return f"the gateway requires API keys (from {where})"

@@ -10,7 +10,11 @@
   is a 400 ``unknown_parameter``. Both name the field.
 - ``refuse_lone_surrogates``: JSON may escape half of a UTF-16 pair (``"\\ud800"``); such a
   string is not Unicode text, cannot be tokenized or stored, and is a 400 naming the field.
-- ``corrupt_kv_requested``: the ``x-tandem-test-corrupt-kv`` test hook header.
+- ``corrupt_kv_requested``: the ``x-tandem-test-corrupt-kv`` test hook header. Test hooks are
+  honoured only with ``TANDEM_TEST_HOOKS`` on; otherwise any ``x-tandem-test-*`` header is a 400
+  naming it (refused, never silently ignored), as is an unknown one when they are on.
+- ``debug_headers``: the ``x-tandem-*`` headers (worker ids, pids, KV moved) only with
+  ``TANDEM_DEBUG_HEADERS`` on: nothing internal reaches a client by default.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from pydantic_core import PydanticCustomError
 
 from services.engine import InvalidRequestError, SamplingParams
 
+from .backend import TransferInfo
 from .errors import APIError
 
 CORRUPT_KV_HEADER = "x-tandem-test-corrupt-kv"
+TEST_HOOK_PREFIX = "x-tandem-test-"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -65,12 +71,26 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, stop: tuple
     return sampling
 
 
-def corrupt_kv_requested(request: Request) -> bool:
-    """The test hook header: ``1``/``true`` sets ``GenerateParams.test_corrupt_kv``."""
+def corrupt_kv_requested(request: Request, test_hooks: bool) -> bool:
+    """The test hook header: ``1``/``true`` sets ``GenerateParams.test_corrupt_kv``; any test hook
+    header while ``test_hooks`` is off (or an unknown one) is a 400 naming it."""
+    for name in request.headers:
+        if not name.startswith(TEST_HOOK_PREFIX):
+            continue
+        if not test_hooks:
+            raise APIError.invalid(f"Header {name} is a test hook, and this server does not accept "
+                                   "test hooks.", name, code="unsupported_parameter")
+        if name != CORRUPT_KV_HEADER:
+            raise APIError.invalid(f"Unknown test hook header: {name}", name, code="unknown_parameter")
     value = request.headers.get(CORRUPT_KV_HEADER, "0").strip().lower()
     if value not in ("0", "1", "true", "false"):
         raise APIError.invalid(f"Header {CORRUPT_KV_HEADER} must be 0 or 1.", CORRUPT_KV_HEADER)
     return value in ("1", "true")
+
+
+def debug_headers(transfer: TransferInfo | None, enabled: bool) -> dict[str, str]:
+    """Where a request ran and how much KV moved, only when debug headers are enabled."""
+    return transfer.headers() if transfer is not None and enabled else {}
 
 
 class OpenAIRequest(BaseModel):

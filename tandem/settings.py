@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     max_step_failures: int = Field(3, ge=1, description="worker: failed engine steps in a row "
                                    "after which it leaves the registry and exits 1 (each failed "
                                    "step ends its requests with an error)")
-    test_hooks: bool = Field(False, description="honour test-only request hooks")
+    test_hooks: bool = Field(False, description="honour test-only request hooks (workers; the "
+                                                "gateway refuses `x-tandem-test-*` headers with "
+                                                "a 400 unless it is on)")
     test_fail_step: Literal["", "prefill", "decode", "colocated"] = Field(
         "", description="test hook (only with TANDEM_TEST_HOOKS): every engine step of workers of "
                         "this role raises")
@@ -73,6 +75,23 @@ class Settings(BaseSettings):
                                                            "idle this long")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body (413 above)")
     full_text: bool = Field(False, description="server default for MindIE `fullTextEnabled`")
+    # -- security (docs/api.md "Authentication") ------------------------------------------------
+    api_keys: str = Field("", description="API keys as `key=project` pairs, comma-separated "
+                          "(project optional: `default`); held hashed. No keys and no key file: "
+                          "the gateway is open")
+    api_keys_file: Path | None = Field(None, description="JSON file of API keys by sha256 digest "
+                                       "(`{\"keys\": [{\"sha256\", \"project\", "
+                                       "\"requests_per_minute\", \"tokens_per_minute\"}]}`); "
+                                       "re-read on change: add or revoke keys without a restart")
+    auth_ops: bool = Field(True, description="/metrics and /status need an API key too (when "
+                                             "keys are configured); /health and /ready never do")
+    rate_limit_requests_per_minute: int = Field(0, ge=0, description="requests per minute per "
+                                                "API key unless its entry says (0: no limit)")
+    rate_limit_tokens_per_minute: int = Field(0, ge=0, description="prompt + completion tokens "
+                                              "per minute per API key unless its entry says "
+                                              "(0: no limit)")
+    debug_headers: bool = Field(False, description="responses carry `x-tandem-*` headers "
+                                                   "(worker ids, pids, KV bytes): tests only")
     # -- stored state ---------------------------------------------------------------------------
     redis_url: str = Field("", description="Redis for the registry and state (empty: `tandem up` "
                                            "starts one)")

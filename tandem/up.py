@@ -89,7 +89,7 @@ def worker_cores(pin: bool) -> tuple[int | None, int | None]:
 def run(cfg: UpConfig) -> int:
     import uvicorn
 
-    from gateway.main import build_app
+    from gateway.main import access_line, build_app
     from tandem.settings import Settings
 
     redis = None
@@ -108,6 +108,7 @@ def run(cfg: UpConfig) -> int:
     try:
         settings = Settings.from_env().model_copy(update={"redis_url": redis_url})
         app = build_app(settings, model=cfg.model)
+        print(f"tandem up: {access_line(settings)}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                                timeout_graceful_shutdown=5))
         threading.Thread(target=_announce_when_ready, args=(cfg, supervisor, server, redis_url, redis),

@@ -28,7 +28,8 @@ from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..generation import Generation
 from ..middleware import arrival, request_id
-from ..params import check_model, corrupt_kv_requested, refuse_lone_surrogates, sampling_params
+from ..params import (check_model, corrupt_kv_requested, debug_headers, refuse_lone_surrogates,
+                      sampling_params)
 from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
@@ -53,7 +54,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     refuse_lone_surrogates(body)
     constraints = chat_constraints(body)
     params = await to_generate_params(body, state.backend, f"chatcmpl-{request_id(request)}",
-                                      test_corrupt_kv=corrupt_kv_requested(request), constraints=constraints)
+                                      test_corrupt_kv=corrupt_kv_requested(
+                                          request, state.settings.test_hooks),
+                                      constraints=constraints)
     log.info("%s: %d prompt tokens, stream=%s, user=%s", params.request_id,
              len(params.prompt_token_ids), bool(body.stream), body.user)
     generation = Generation(state.backend, params, arrival(request), state.settings.request_timeout_s,
@@ -111,8 +114,7 @@ async def complete(request: Request, generation: Generation, settings: GatewaySe
     finally:
         await generation.aclose()
     body = completion_body(generation, output, settings.served_model_name)
-    headers = generation.transfer.headers() if generation.transfer else {}
-    return JSONResponse(body, headers=headers)
+    return JSONResponse(body, headers=debug_headers(generation.transfer, settings.debug_headers))
 
 
 def completion_body(generation: Generation, output: ToolOutput, model: str) -> dict[str, Any]:

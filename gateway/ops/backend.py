@@ -13,6 +13,7 @@ import time
 from typing import AsyncIterator
 
 from ..backend import Backend, GenerateParams, TokenChunk
+from ..ratelimit import charge_tokens
 from .metrics import ARRIVAL, GatewayMetrics
 
 
@@ -56,6 +57,8 @@ class MeteredBackend:
         m = self.metrics
         reason = (final.finish_reason or "stop") if final is not None else "abort"
         m.generation_ended(reason, final.prompt_tokens if final else 0, final.completion_tokens if final else 0)
+        if final is not None:
+            charge_tokens(final.prompt_tokens + final.completion_tokens)
         for gap in gaps:
             m.itl.observe(gap)
         if final is not None and reason in ("stop", "length"):

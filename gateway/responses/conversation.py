@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from services.engine import InvalidRequestError
 
+from ..auth import DEFAULT_PROJECT
 from ..backend import Backend
 from ..errors import APIError
 from ..tools.definitions import FunctionTool
@@ -38,12 +39,14 @@ ENGINE_PARAMS = {"prompt": "input", "max_tokens": "max_output_tokens"}
 
 
 async def conversation(body: ResponseCreateRequest, store: ResponseStore, backend: Backend,
-                       tools: list[FunctionTool] | None = None) -> tuple[list[dict[str, Any]], "Prompt"]:
+                       tools: list[FunctionTool] | None = None, *, project: str = DEFAULT_PROJECT
+                       ) -> tuple[list[dict[str, Any]], "Prompt"]:
     """The full input item list (history + new input) and the prompt built from it (the chat
-    template runs in a worker thread; ``tools`` go into the system prompt, gateway/tools/prompt.py)."""
+    template runs in a worker thread; ``tools`` go into the system prompt, gateway/tools/prompt.py).
+    ``previous_response_id`` must name a response of ``project`` (else 404)."""
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
-        history = await _history(store, body.previous_response_id)
+        history = await _history(store, body.previous_response_id, project)
     items = history + input_items(body.input)
     check_call_outputs(items, len(history))
     max_model_len = backend.max_model_len
@@ -61,13 +64,13 @@ async def conversation(body: ResponseCreateRequest, store: ResponseStore, backen
     return items, prompt
 
 
-async def _history(store: ResponseStore, parent_id: str) -> list[dict[str, Any]]:
+async def _history(store: ResponseStore, parent_id: str, project: str) -> list[dict[str, Any]]:
     param = "previous_response_id"
-    parent = await fetch(store, parent_id, param)
+    parent = await fetch(store, parent_id, param, project)
     if parent["status"] in ACTIVE:
         raise APIError.invalid(f"Previous response '{parent_id}' is still {parent['status']}; "
                                "wait for it to finish before continuing it.", param)
-    return continued_items(parent, await fetch_items(store, parent_id, param))
+    return continued_items(parent, await fetch_items(store, parent_id, param, project))
 
 
 def input_items(inputs: list[InputMessage | FunctionCallInput | FunctionCallOutputInput]) -> list[dict[str, Any]]:

@@ -27,8 +27,10 @@ from ..backend import GenerateParams
 from ..config import GatewaySettings
 from ..disconnect import unless_disconnected
 from ..generation import Generation
+from ..auth import project
 from ..middleware import arrival, request_id
-from ..params import check_model, corrupt_kv_requested, refuse_lone_surrogates, sampling_params
+from ..params import (check_model, corrupt_kv_requested, debug_headers, refuse_lone_surrogates,
+                      sampling_params)
 from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
@@ -57,11 +59,12 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     sampling = sampling_params(body, max_tokens=body.max_output_tokens, engine_params=ENGINE_PARAMS)
     constraints = response_constraints(body)
     sampling = dataclasses.replace(sampling, grammar=constraints.grammar)
-    items, prompt = await conversation(body, shared.store, state.backend, constraints.tools)
+    items, prompt = await conversation(body, shared.store, state.backend, constraints.tools,
+                                       project=project(request))
     response_id = f"resp_{request_id(request)}"
     params = GenerateParams(response_id, prompt.token_ids, sampling,
                             affinity=affinity_key(chat_messages(items, None)),
-                            test_corrupt_kv=corrupt_kv_requested(request))
+                            test_corrupt_kv=corrupt_kv_requested(request, settings.test_hooks))
     log.info("%s: %d input tokens (%d items dropped), stream=%s, background=%s, store=%s, user=%s",
              response_id, len(prompt.token_ids), prompt.dropped_items, bool(body.stream),
              bool(body.background), body.keep, body.user)
@@ -76,16 +79,16 @@ async def create_response(body: ResponseCreateRequest, request: Request,
                       input_tokens=len(prompt.token_ids), spawn=shared.tasks.spawn,
                       parse_calls=constraints.parse_calls)
     if body.background:
-        return await start_background(run, items, body, shared, settings)
+        return await start_background(request, run, items, body, shared, settings)
     return await run_foreground(request, run, items, body, settings)
 
 
-async def start_background(run: ResponseRun, items: list[dict[str, Any]],
+async def start_background(request: Request, run: ResponseRun, items: list[dict[str, Any]],
                            body: ResponseCreateRequest, shared: ResponsesState,
                            settings: GatewaySettings) -> Response:
     """Store the queued response, start it in this process, answer now (or follow its log)."""
     try:
-        await run.create_record(items)
+        await run.create_record(items, project(request))
     except BaseException:
         await run.generation.aclose()
         raise
@@ -105,7 +108,7 @@ async def run_foreground(request: Request, run: ResponseRun, items: list[dict[st
     response ends, the run is stopped (``abandon``) if it did not run to its end.
     """
     try:
-        await run.create_record(items)
+        await run.create_record(items, project(request))
     except BaseException:
         await run.generation.aclose()
         raise
@@ -129,5 +132,5 @@ async def run_foreground(request: Request, run: ResponseRun, items: list[dict[st
         await run.abandon()
     if run.error is not None:
         raise run.error
-    transfer = run.generation.transfer
-    return JSONResponse(run.response, headers=transfer.headers() if transfer else {})
+    return JSONResponse(run.response, headers=debug_headers(run.generation.transfer,
+                                                            settings.debug_headers))

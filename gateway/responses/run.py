@@ -70,9 +70,10 @@ class ResponseRun:
         self._started = True
         await self.generation.start()
 
-    async def create_record(self, items: list[dict[str, Any]]) -> None:
+    async def create_record(self, items: list[dict[str, Any]], project: str) -> None:
+        """Store the response as ``project``'s (the caller's API key's)."""
         if self.store is not None:
-            await self.store.create(self.response, items)
+            await self.store.create(self.response, items, project)
 
     async def discard_record(self) -> None:
         """Drop the record of a run that failed before its first token (best effort)."""

@@ -7,10 +7,15 @@ Rules:
       tandem:resp:{resp_x}:items    its full input item list (JSON array: history + new input)
       tandem:resp:{resp_x}:events   its streamed events (a Redis Stream, one JSON event per entry)
       tandem:resp:{resp_x}:cancel   present once a cancel was requested
+      tandem:resp:{resp_x}:owner    the project that created it (gateway/auth.py); a record
+                                    without one belongs to project ``default``
       tandem:cancels                pub/sub channel: the id of every response whose cancel was asked
 
   The braces are literal: a Redis Cluster hash tag, so one response's keys share a slot and the
   MULTI/EXEC and Lua calls below stay legal on a cluster.
+- Tenancy: ``fetch`` and ``fetch_items`` answer 404 for another project's response (not 403: an
+  id that exists is not confirmed). Every endpoint reaches a stored response through them first,
+  so the owner never appears in the Response object a client sees.
 - Every key carries a TTL (``ttl_seconds``, 30 days by default, like OpenAI). ``create`` sets it on
   the response and its items; ``update`` keeps it (SET ... XX KEEPTTL). The events stream gets its
   TTL on the append that creates it (the response's remaining TTL, or ``ttl_seconds`` if the
@@ -41,6 +46,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from ..auth import DEFAULT_PROJECT
 from ..errors import APIError
 
 _ID = re.compile(r"resp_[A-Za-z0-9_-]{1,200}")
@@ -90,14 +96,19 @@ class ResponseStore:
         return f"{self._namespace}:cancels"
 
     # -- response objects ------------------------------------------------------------------------
-    async def create(self, response: dict, input_items: list[dict]) -> None:
-        """Store a new response and its full input item list, both expiring in ``ttl_seconds``."""
+    async def create(self, response: dict, input_items: list[dict],
+                     project: str = DEFAULT_PROJECT) -> None:
+        """Store a new response of ``project`` and its full input item list, all expiring in
+        ``ttl_seconds``."""
         key = self._write_key(_response_id(response))
         items = _json_list(input_items)
+        if not isinstance(project, str) or not project:
+            raise ValueError(f"project must be a non-empty str, got {project!r}")
         with self._reachable("create"):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(key, _dumps(response), ex=self.ttl_seconds)
                 pipe.set(f"{key}:items", items, ex=self.ttl_seconds)
+                pipe.set(f"{key}:owner", project, ex=self.ttl_seconds)
                 pipe.delete(f"{key}:events", f"{key}:cancel")
                 await pipe.execute()
 
@@ -116,6 +127,17 @@ class ResponseStore:
         """The input items stored with the response (oldest first), or None if it is gone."""
         return await self._get_json(response_id, ":items", "input_items")
 
+    async def owned(self, response_id: str, suffix: str = "") -> tuple[Any, str]:
+        """The response (``suffix=":items"``: its items) and its owner, in one round trip (MGET
+        of two keys in one hash slot); (None, owner) if it is gone."""
+        key = self._key(response_id)
+        if key is None:
+            return None, DEFAULT_PROJECT
+        with self._reachable("get"):
+            value, owner = await self._client.mget(f"{key}{suffix}", f"{key}:owner")
+        owner = owner.decode() if isinstance(owner, bytes) else owner
+        return (None if value is None else json.loads(value)), owner or DEFAULT_PROJECT
+
     async def delete(self, response_id: str) -> bool:
         """Drop the response, its items, events and cancel flag; False if there was no response."""
         key = self._key(response_id)
@@ -124,7 +146,7 @@ class ResponseStore:
         with self._reachable("delete"):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
-                pipe.delete(f"{key}:items", f"{key}:events", f"{key}:cancel")
+                pipe.delete(f"{key}:items", f"{key}:events", f"{key}:cancel", f"{key}:owner")
                 existed, _ = await pipe.execute()
         return existed == 1
 
@@ -308,19 +330,23 @@ def not_found(response_id: str, param: str) -> APIError:
                     code="response_not_found")
 
 
-async def fetch(store: ResponseStore, response_id: str, param: str = "response_id") -> dict:
-    """The stored response; 400 for a malformed id, 404 if it is missing, expired or deleted."""
-    check_id(response_id, param)
-    response = await store.get(response_id)
-    if response is None:
-        raise not_found(response_id, param)
-    return response
+async def fetch(store: ResponseStore, response_id: str, param: str = "response_id",
+                project: str = DEFAULT_PROJECT) -> dict:
+    """The stored response of ``project``; 400 for a malformed id, 404 if it is missing, expired,
+    deleted or another project's."""
+    return await _fetch_owned(store, response_id, "", param, project)
 
 
-async def fetch_items(store: ResponseStore, response_id: str, param: str = "response_id"
-                      ) -> list[dict]:
+async def fetch_items(store: ResponseStore, response_id: str, param: str = "response_id",
+                      project: str = DEFAULT_PROJECT) -> list[dict]:
+    """The input items of ``project``'s stored response (404 as ``fetch``)."""
+    return await _fetch_owned(store, response_id, ":items", param, project)
+
+
+async def _fetch_owned(store: ResponseStore, response_id: str, suffix: str, param: str,
+                       project: str) -> Any:
     check_id(response_id, param)
-    items = await store.input_items(response_id)
-    if items is None:
+    value, owner = await store.owned(response_id, suffix)
+    if value is None or owner != project:
         raise not_found(response_id, param)
-    return items
+    return value

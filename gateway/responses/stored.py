@@ -1,7 +1,7 @@
 """The stored-response endpoints: retrieve (plain or streamed), delete, cancel, input items.
 
-All of them read the ``ResponseStore`` (404 for a missing, expired or deleted response; 503 while
-Redis is unreachable), so any replica serves any response:
+All of them read the ``ResponseStore`` (404 for a missing, expired or deleted response, or one of
+another project than the caller's API key; 503 while Redis is unreachable), so any replica serves any response:
 - retrieve with ``stream=true`` replays the event log after ``starting_after`` and follows a
   running response (replay.py);
 - cancel (background responses only) sets the store's cancel flag and publishes it, which the
@@ -20,6 +20,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..auth import project
 from ..errors import APIError
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
@@ -48,7 +49,7 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
         raise APIError.invalid("Tandem never obfuscates stream events: 'include_obfuscation' can "
                                "only be false.", "include_obfuscation",
                                code="unsupported_parameter")
-    response = await fetch(shared.store, response_id)
+    response = await fetch(shared.store, response_id, project=project(request))
     if not stream:
         if starting_after is not None:
             raise APIError.invalid("'starting_after' is only allowed when 'stream' is true.",
@@ -67,7 +68,7 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
 async def delete_response(response_id: str, request: Request,
                           shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     check_query(request, set())
-    response = await fetch(shared.store, response_id)
+    response = await fetch(shared.store, response_id, project=project(request))
     if not await shared.store.delete(response_id):
         raise not_found(response_id, "response_id")
     if response["status"] in ACTIVE:        # stop it wherever it runs
@@ -81,22 +82,22 @@ async def cancel_response(response_id: str, request: Request,
                           shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     """Cancel a background response; a finished one is returned unchanged."""
     check_query(request, set())
-    store = shared.store
-    response = await fetch(store, response_id)
+    store, owner = shared.store, project(request)
+    response = await fetch(store, response_id, project=owner)
     if not response["background"]:
         raise APIError.invalid("Cannot cancel a synchronous response.", "response_id")
     if response["status"] in ACTIVE:
         await store.request_cancel(response_id)
         shared.tasks.cancel_local(response_id)
-        response = await settled(store, response_id)
+        response = await settled(store, response_id, owner)
     return JSONResponse(response)
 
 
-async def settled(store: ResponseStore, response_id: str) -> dict[str, Any]:
+async def settled(store: ResponseStore, response_id: str, owner: str) -> dict[str, Any]:
     """The response once its runner has recorded the end; if none does in time, cancel it here."""
     deadline = time.monotonic() + CANCEL_WAIT_S
     while True:
-        response = await fetch(store, response_id)
+        response = await fetch(store, response_id, project=owner)
         if response["status"] not in ACTIVE:
             return response
         if time.monotonic() > deadline:      # its replica is gone: the record is ours to end
@@ -115,7 +116,7 @@ async def list_input_items(response_id: str, request: Request, after: str | None
                            order: Literal["asc", "desc"] = "desc",
                            shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     check_query(request, {"after", "limit", "order"})
-    items = await fetch_items(shared.store, response_id)
+    items = await fetch_items(shared.store, response_id, project=project(request))
     return JSONResponse(page(items, after=after, limit=limit, order=order))
 
 

@@ -63,7 +63,8 @@ def _children(pid: int) -> list[int]:
 
 def start_up(tmp: Path, extra_env: dict | None = None, args: list[str] = ()) -> Stack:
     port = free_port()
-    env = dict(os.environ, TANDEM_DATA_DIR=str(tmp), TANDEM_TEST_HOOKS="1", TANDEM_KV_CACHE_GB="0.5",
+    env = dict(os.environ, TANDEM_DATA_DIR=str(tmp), TANDEM_TEST_HOOKS="1", TANDEM_DEBUG_HEADERS="1",
+               TANDEM_KV_CACHE_GB="0.5",
                **(extra_env or {}))
     env.pop("TANDEM_REDIS_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port), *args],

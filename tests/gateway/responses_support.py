@@ -76,10 +76,12 @@ def settings(**overrides) -> GatewaySettings:
 
 
 @contextlib.contextmanager
-def gateway(backend: FakeBackend, store: SyncStore | None, **overrides) -> Iterator[str]:
-    """A gateway over ``backend`` and ``store`` under uvicorn; yields its base URL."""
+def gateway(backend: FakeBackend, store: SyncStore | None, keys=None, limits=None,
+            **overrides) -> Iterator[str]:
+    """A gateway over ``backend`` and ``store`` (API ``keys``: a ``KeyRing``; ``limits``:
+    ``RateLimits``) under uvicorn; yields its base URL."""
     app_store = store.for_app() if store is not None else None
-    with serve(create_app(backend, settings(**overrides), app_store)) as url:
+    with serve(create_app(backend, settings(**overrides), app_store, keys=keys, limits=limits)) as url:
         yield url
 
 

@@ -28,7 +28,8 @@ def backend():
 
 @pytest.fixture(scope="module")
 def base_url(backend):
-    settings = GatewaySettings(served_model_name=MODEL, request_timeout_s=TIMEOUT_S)
+    settings = GatewaySettings(served_model_name=MODEL, request_timeout_s=TIMEOUT_S,
+                               debug_headers=True, test_hooks=True)   # both off: test_auth.py
     with serve(create_app(backend, settings)) as url:
         yield url
 
@@ -167,6 +168,9 @@ def test_corrupt_kv_test_hook_header(client, http, fake):
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI},
                   headers={"x-tandem-test-corrupt-kv": "maybe"})
     assert_error(r, 400, "x-tandem-test-corrupt-kv")
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI},
+                  headers={"x-tandem-test-other": "1"})
+    assert_error(r, 400, "x-tandem-test-other", "unknown_parameter")
 
 
 # -- client errors ----------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ async def test_keys_are_namespaced_and_all_carry_the_ttl(client, store):
     await store.append_events(RID, [event(0)])
     await store.request_cancel(RID)
     base = "tandem:resp:{resp_abc123}"
-    expected = {base, f"{base}:items", f"{base}:events", f"{base}:cancel"}
+    expected = {base, f"{base}:items", f"{base}:events", f"{base}:cancel", f"{base}:owner"}
     assert {k.decode() for k in client.scan_iter()} == expected
     for key in expected:
         assert 0 < client.pttl(key) <= 100_000, key
