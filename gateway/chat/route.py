@@ -36,7 +36,7 @@ from ..state import GatewayState, gateway_state
 from ..tools.calls import ToolOutput
 from .models import ChatCompletionRequest
 from .stream import ChunkWriter, chat_events
-from .structured import chat_constraints, chat_finish_reason
+from .structured import chat_constraints, finish_fields
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,6 @@ def completion_body(generation: Generation, output: ToolOutput, model: str) -> d
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": chat_finish_reason(generation.finish_reason, output.called)}],
+                     **finish_fields(generation.finish_reason, output.called)}],
         "usage": generation.usage.to_dict(),
     }

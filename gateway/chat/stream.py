@@ -18,7 +18,7 @@ from ..generation import Generation
 from ..sse import DONE, Event, data_event
 from ..tools.calls import ToolOutput
 from ..tools.parser import ArgumentsDelta, CallOpened, TextDelta
-from .structured import chat_finish_reason
+from .structured import finish_fields
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ class ChunkWriter:
     def call_arguments(self, index: int, text: str) -> Event:
         return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
 
-    def finish(self, reason: str | None) -> Event:
-        return self._chunk({}, finish_reason=reason)
+    def finish(self, fields: dict[str, str | None]) -> Event:
+        """The chunk that ends the choice: ``finish_fields``' finish_reason (and stop_reason)."""
+        return self._chunk({}, choice=fields)
 
     def usage(self, usage: dict[str, Any]) -> Event:
         return data_event({**self._head(), "choices": [], "usage": usage})
@@ -64,9 +65,11 @@ class ChunkWriter:
         return {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model}
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> Event:
+    def _chunk(self, delta: dict[str, Any], *, choice: dict[str, Any] | None = None,
+               **extra: Any) -> Event:
+        """``choice``: the choice's finish fields (none: ``finish_reason: null``)."""
         body = {**self._head(), "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish_reason}]}
+                                             **(choice or {"finish_reason": None})}]}
         if self.include_usage:
             body["usage"] = None
         return data_event({**body, **extra})
@@ -82,7 +85,7 @@ async def chat_events(generation: Generation, writer: ChunkWriter, output: ToolO
                     yield event
             for event in _deltas(writer, output, output.finish()):
                 yield event
-            yield writer.finish(chat_finish_reason(generation.finish_reason, output.called))
+            yield writer.finish(finish_fields(generation.finish_reason, output.called))
             if writer.include_usage:
                 yield writer.usage(generation.usage.to_dict())
         except APIError as err:

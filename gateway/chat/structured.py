@@ -6,7 +6,9 @@
   (the tag is forbidden); ``parallel_tool_calls: false`` allows exactly one call.
 - ``response_format``: ``json_object`` or ``json_schema`` (its ``schema`` checked here).
 - ``finish_reason``: ``tool_calls`` when the answer made calls and ended normally; a request whose
-  grammar refused a token (``grammar``) reports ``length``: it ended early.
+  grammar admitted no further token (``grammar``) reports ``length`` — it ended early, and clients
+  that know only OpenAI's reasons treat it so — and says why in the choice's ``stop_reason:
+  "grammar"`` (a Tandem extension; ``stop_reason`` is absent otherwise).
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def chat_constraints(body: ChatCompletionRequest) -> ChatConstraints:
         grammar = format_grammar(fmt.type, fmt.json_schema.schema_ if fmt.json_schema else None,
                                  "response_format.json_schema.schema")
     return ChatConstraints(tools, grammar, parse_calls=bool(tools) and choice.mode != "none")
+
+
+def finish_fields(reason: str | None, called: bool) -> dict[str, str | None]:
+    """The choice's ``finish_reason`` and, for a grammar ending, ``stop_reason``."""
+    fields = {"finish_reason": chat_finish_reason(reason, called)}
+    if reason == "grammar":
+        fields["stop_reason"] = "grammar"
+    return fields
 
 
 def chat_finish_reason(reason: str | None, called: bool) -> str | None:

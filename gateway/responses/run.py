@@ -152,9 +152,10 @@ class ResponseRun:
         return events
 
     def _outcome(self) -> tuple[str, ...]:
-        if self.generation.finish_reason in ("length", "grammar"):   # grammar: ended early, see
-            # FINISH_REASON_GRAMMAR; the SDK knows only these reasons
+        if self.generation.finish_reason == "length":
             return ("incomplete", "max_output_tokens")
+        if self.generation.finish_reason == "grammar":   # the output grammar admitted no next token
+            return ("incomplete", "grammar")
         return ("completed",)
 
     async def _end(self, to_client: bool, status: str, reason: str | None = None, *,

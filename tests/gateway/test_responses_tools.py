@@ -92,3 +92,12 @@ def test_json_object_format_is_echoed(http, fake):
     r = create(http, text={"format": {"type": "json_object"}}).json()
     assert r["text"] == {"format": {"type": "json_object"}} and json.loads(r["output"][0]["content"][0]["text"])
     assert fake.params[0].sampling.grammar.kind == "json_object"
+
+
+def test_a_grammar_ending_is_incomplete_with_reason_grammar(http, fake):
+    fake.script = words('{"a": ', finish="grammar")
+    r = create(http, text={"format": {"type": "json_object"}}).json()
+    assert r["status"] == "incomplete" and r["incomplete_details"] == {"reason": "grammar"}
+    events = sse_events(create(http, stream=True, text={"format": {"type": "json_object"}}))
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "grammar"}

@@ -120,3 +120,18 @@ def test_a_cut_short_call_reports_length(client, fake):
     fake.script = words(*CALL_PIECES[:3], finish="length")
     out = client.chat.completions.create(model=MODEL, messages=HI, tools=[WEATHER], tool_choice="required")
     assert out.choices[0].finish_reason == "length" and "<tool" not in (out.choices[0].message.content or "")
+
+
+def test_a_grammar_ending_says_why_in_stop_reason(client, fake):
+    fake.script = words('{"city": ', finish="grammar")
+    fmt = {"type": "json_object"}
+    out = client.chat.completions.create(model=MODEL, messages=HI, response_format=fmt)
+    choice = out.choices[0]
+    assert choice.finish_reason == "length" and choice.model_extra["stop_reason"] == "grammar"
+    fake.script = words("ok", finish="stop")
+    plain = client.chat.completions.create(model=MODEL, messages=HI)
+    assert "stop_reason" not in (plain.choices[0].model_extra or {})
+    fake.script = words('{"city": ', finish="grammar")
+    last = list(client.chat.completions.create(model=MODEL, messages=HI, response_format=fmt,
+                                               stream=True))[-1].choices[0]
+    assert last.finish_reason == "length" and last.model_extra["stop_reason"] == "grammar"
