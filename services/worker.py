@@ -61,6 +61,25 @@ class WorkerConfig:
         return self.advertise_host or self.host
 
 
+def seconds_since_start() -> float | None:
+    """Wall seconds since this process started (Linux /proc), for start-up timing lines."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def startup_line(engine_seconds: float) -> str:
+    """Where a worker's start-up time went: ``ready after X s (engine load Y s)``."""
+    total = seconds_since_start()
+    shown = f"{total:.1f} s" if total is not None else "?"
+    return f"ready after {shown} (engine load {engine_seconds:.1f} s; the rest is imports and serving)"
+
+
 def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> None:
     """End the call with INVALID_ARGUMENT, naming the field in trailing metadata."""
     context.set_trailing_metadata(((PARAM_KEY, error.field),))

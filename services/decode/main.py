@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from protos.tandem.v1 import worker_pb2_grpc as rpc
@@ -12,13 +13,15 @@ from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics
 from services.transfer import KvStoreServer
-from services.worker import WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
+from services.worker import startup_line, WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
 
 log = logging.getLogger(__name__)
 
 
 def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
+    loading = time.monotonic()
     engine = LLMEngine(config.engine, cache_dir)
+    engine_seconds = time.monotonic() - loading
     loop = EngineLoop(engine, max_step_failures=config.max_step_failures).start()
     store = puller = None
     if config.role == "decode":   # a colocated worker prefills itself: no KV comes in
@@ -39,6 +42,7 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     log.info("%s worker %s serving on %s%s, metrics on http://%s/metrics", config.role, config.worker_id,
              address, f" (KV store on port {store.port})" if store else "", metrics_address)
     print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address} metrics={metrics_address}", flush=True)
+    log.info("%s worker %s %s", config.role, config.worker_id, startup_line(engine_seconds))
 
     def stop():
         health.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from protos.tandem.v1 import worker_pb2_grpc as rpc
@@ -10,13 +11,15 @@ from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics
 from services.prefill.server import PrefillServicer
-from services.worker import WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
+from services.worker import startup_line, WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
 
 log = logging.getLogger(__name__)
 
 
 def serve(config: WorkerConfig, cache_dir: Path) -> int:
+    loading = time.monotonic()
     engine = LLMEngine(config.engine, cache_dir)
+    engine_seconds = time.monotonic() - loading
     loop = EngineLoop(engine, max_step_failures=config.max_step_failures)
     metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
     servicer = PrefillServicer(loop, config, metrics)
@@ -33,6 +36,7 @@ def serve(config: WorkerConfig, cache_dir: Path) -> int:
     log.info("prefill worker %s serving on %s, metrics on http://%s/metrics", config.worker_id, address,
              metrics_address)
     print(f"TANDEM_WORKER_READY prefill {config.worker_id} {address} metrics={metrics_address}", flush=True)
+    log.info("prefill worker %s %s", config.worker_id, startup_line(engine_seconds))
 
     def stop():
         health.stop()

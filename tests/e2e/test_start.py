@@ -1,0 +1,32 @@
+"""`tandem up` on a fresh cache converts the GGUF once, before the workers start, and every start
+says where its time went (the ≤ 10 s warm-start goal is measured, not asserted: docs)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e.conftest import start_up, stop_up
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_fresh_cache_converts_once_and_starts_say_where_time_went(tmp_path):
+    env = {"TANDEM_CACHE_DIR": str(tmp_path / "cache")}
+    for start in ("cold", "warm"):
+        stack = start_up(tmp_path / start, extra_env=env)
+        try:
+            deadline = time.monotonic() + 10      # the timing line follows the ready line
+            while "tandem up: ready in" not in "".join(stack.lines) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            text = "".join(stack.lines)
+            conversions = text.count("(first start only)")
+            assert conversions == (1 if start == "cold" else 0), text[-3000:]
+            ready = re.search(r"tandem up: ready in ([\d.]+) s \(redis [\d.]+ s, model files [\d.]+ s, "
+                              r"workers and gateway [\d.]+ s\)", text)
+            assert ready, text[-3000:]
+            assert text.count(" ready after ") == 2          # each worker's own line
+        finally:
+            stop_up(stack)
