@@ -10,14 +10,23 @@ status before the first token → ``BackendUnavailable``; after it → a final c
 ``finish_reason="error"``. A stream that ends without a finished event is an error too.
 Closing the iterator cancels the gRPC call; the decode worker then aborts the request on both
 workers.
+
+Failing workers: a call that ends UNAVAILABLE marks the worker at fault down in the routing view
+(the prefill worker when the decode worker says so in ``wire.FAILED_KEY``, else the decode worker).
+``ready`` asks every live worker's standard gRPC health service at once (``HEALTH_TIMEOUT_S``
+each); one that is not SERVING or does not answer is out of routing until it is SERVING again
+(``RegistryView.set_healthy``), and the gateway is ready only while a SERVING prefill and decode worker (or colocated
+one) remain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.tandem.v1 import worker_pb2 as pb
 from protos.tandem.v1 import worker_pb2_grpc as rpc
@@ -26,7 +35,11 @@ from services.engine import InvalidRequestError
 from services.engine.tokenizer import Tokenizer
 
 from ..routing import RegistryView
+from services.registry import WorkerInfo
+
 from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
+
+HEALTH_TIMEOUT_S = 1.0   # one worker's gRPC health check from ``ready``
 
 
 class WorkerBackend:
@@ -37,7 +50,7 @@ class WorkerBackend:
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.request_timeout_s = request_timeout_s
-        self._stubs: dict[str, rpc.DecodeServiceStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         return self.tokenizer.apply_chat_template(messages)
@@ -47,21 +60,23 @@ class WorkerBackend:
             workers = await self.view.workers()
         except BackendUnavailable as e:  # Redis down: not ready, and say why
             return False, str(e)
-        roles = {w.role for w in workers}
+        serving = await asyncio.gather(*(self._serving(w) for w in workers))
+        for worker, ok in zip(workers, serving):
+            self.view.set_healthy(worker.worker_id, ok)
+        roles = {w.role for w, ok in zip(workers, serving) if ok}
         missing = [r for r in ("prefill", "decode") if r not in roles]
         if missing and "colocated" not in roles:
-            return False, f"no live {' or '.join(missing)} worker"
-        for w in workers:
-            if w.role in ("decode", "colocated") and await self._reachable(w.address):
-                return True, f"{len(workers)} live workers"
-        return False, "no decode worker answers"
+            return False, f"no serving {' or '.join(missing)} worker ({len(workers)} live)"
+        return True, f"{sum(serving)} serving workers"
 
-    async def _reachable(self, address: str) -> bool:
+    async def _serving(self, worker: WorkerInfo) -> bool:
+        """Whether ``worker``'s gRPC health says SERVING within ``HEALTH_TIMEOUT_S``."""
+        stub = health_pb2_grpc.HealthStub(self._channel(worker.address))
         try:
-            await self._stub(address).Status(pb.StatusRequest(), timeout=2)
-            return True
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
         except grpc.aio.AioRpcError:
             return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
         decode, prefill = await self.view.route(params.affinity)
@@ -81,16 +96,28 @@ class WorkerBackend:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
                 raise InvalidRequestError(field, e.details()) from e
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self._blame(e, decode, prefill)
             if not started:
                 raise BackendUnavailable(f"worker failed: {e.code().name}: {e.details()}") from e
             yield TokenChunk([], "", time.perf_counter(), True, "error", error=f"worker failed: {e.details()}")
         finally:
             call.cancel()
 
+    def _blame(self, error: grpc.aio.AioRpcError, decode: WorkerInfo, prefill: WorkerInfo | None) -> None:
+        failed = dict(error.trailing_metadata() or ()).get(wire.FAILED_KEY)
+        if failed is None:
+            self.view.mark_down(decode.worker_id)
+        elif failed == "prefill" and prefill is not None:
+            self.view.mark_down(prefill.worker_id)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address)
+        return self._channels[address]
+
     def _stub(self, address: str) -> rpc.DecodeServiceStub:
-        if address not in self._stubs:
-            self._stubs[address] = rpc.DecodeServiceStub(grpc.aio.insecure_channel(address))
-        return self._stubs[address]
+        return rpc.DecodeServiceStub(self._channel(address))
 
 
 def _chunk(event: pb.TokenEvent) -> TokenChunk:
