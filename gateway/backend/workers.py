@@ -5,6 +5,11 @@ opens the decode worker's ``Generate`` stream naming the prefill worker, and tur
 ``TokenEvent``s into ``TokenChunk``s. A colocated worker (``tandem up --colocated``) gets the
 request whole.
 
+Retry: a request whose worker fails (UNAVAILABLE, the worker marked down) before any token reached
+the caller runs once more on the pair routed without that worker, with the same request id; a
+second failure, or no other live worker, is ``BackendUnavailable``. Nothing is retried after the
+first token.
+
 Errors: INVALID_ARGUMENT → ``InvalidRequestError`` naming the field (trailing metadata); any other
 status before the first token → ``BackendUnavailable``; after it → a final chunk with
 ``finish_reason="error"``. A stream that ends without a finished event is an error too.
@@ -79,7 +84,23 @@ class WorkerBackend:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
-        decode, prefill = await self.view.route(params.affinity)
+        """Run ``params`` on a routed pair; if a worker fails (UNAVAILABLE) before the first token,
+        run it once more on the pair routed without it. Never after the first token."""
+        try:
+            async for chunk in self._attempt(params, *await self.view.route(params.affinity)):
+                yield chunk
+            return
+        except _WorkerDown as e:
+            first = e
+        try:
+            route = await self.view.route(params.affinity)
+        except BackendUnavailable:
+            raise first from None
+        async for chunk in self._attempt(params, *route):
+            yield chunk
+
+    async def _attempt(self, params: GenerateParams, decode: WorkerInfo,
+                       prefill: WorkerInfo | None) -> AsyncIterator[TokenChunk]:
         call = self._stub(decode.address).Generate(pb.GenerateRequest(
             request_id=params.request_id, prompt_token_ids=params.prompt_token_ids,
             sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address if prefill else "",
@@ -96,20 +117,24 @@ class WorkerBackend:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
                 raise InvalidRequestError(field, e.details()) from e
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                self._blame(e, decode, prefill)
+            blamed = e.code() == grpc.StatusCode.UNAVAILABLE and self._blame(e, decode, prefill)
             if not started:
-                raise BackendUnavailable(f"worker failed: {e.code().name}: {e.details()}") from e
+                error = _WorkerDown if blamed else BackendUnavailable
+                raise error(f"worker failed: {e.code().name}: {e.details()}") from e
             yield TokenChunk([], "", time.perf_counter(), True, "error", error=f"worker failed: {e.details()}")
         finally:
             call.cancel()
 
-    def _blame(self, error: grpc.aio.AioRpcError, decode: WorkerInfo, prefill: WorkerInfo | None) -> None:
+    def _blame(self, error: grpc.aio.AioRpcError, decode: WorkerInfo, prefill: WorkerInfo | None) -> bool:
+        """Mark the worker at fault down; False when none was (the prefill worker was only busy)."""
         failed = dict(error.trailing_metadata() or ()).get(wire.FAILED_KEY)
         if failed is None:
             self.view.mark_down(decode.worker_id)
         elif failed == "prefill" and prefill is not None:
             self.view.mark_down(prefill.worker_id)
+        else:
+            return False
+        return True
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
@@ -118,6 +143,10 @@ class WorkerBackend:
 
     def _stub(self, address: str) -> rpc.DecodeServiceStub:
         return rpc.DecodeServiceStub(self._channel(address))
+
+
+class _WorkerDown(BackendUnavailable):
+    """A worker failed before the first token: the request may run once more elsewhere."""
 
 
 def _chunk(event: pb.TokenEvent) -> TokenChunk:

@@ -27,7 +27,7 @@ from tandem.redis_server import EmbeddedRedis
 from tests.services.test_registry import worker
 
 pytestmark = pytest.mark.anyio
-OK, INVALID, UNAVAILABLE_FIRST, FAIL_AFTER_ONE, END_EARLY, HANG, PREFILL_DOWN = range(7)
+OK, INVALID, UNAVAILABLE_FIRST, FAIL_AFTER_ONE, END_EARLY, HANG, PREFILL_DOWN, DOWN_ONCE = range(8)
 
 
 @pytest.fixture
@@ -38,9 +38,13 @@ def anyio_backend():
 class Scripted(rpc.DecodeServiceServicer):
     def __init__(self):
         self.cancelled = asyncio.Event()
+        self.calls = 0
 
     async def Generate(self, request, context):
         what = request.prompt_token_ids[0]
+        self.calls += 1
+        if what == DOWN_ONCE and self.calls == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the decode worker died")
         if what == INVALID:
             context.set_trailing_metadata(((wire.PARAM_KEY, "max_tokens"),))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens too large")
@@ -166,3 +170,26 @@ async def test_an_unavailable_worker_leaves_routing_until_it_is_republished(back
     servicer.registry.publish(info)            # its next heartbeat
     await asyncio.sleep(b.view.refresh_s)
     assert [w.worker_id for w in await b.view.route()] == ["d0", "p0"]
+
+
+async def test_a_worker_failing_before_the_first_token_is_retried_once_on_another(backend):
+    b, servicer = backend
+    [d0] = [w for w in servicer.registry.live() if w.worker_id == "d0"]
+    servicer.registry.publish(replace(d0, worker_id="d1"))     # a second decode worker (same server)
+    chunks = await collect(b, DOWN_ONCE)
+    assert [c.text for c in chunks] == ["a", "b"] and servicer.calls == 2
+
+
+async def test_a_second_failure_or_no_other_worker_is_not_retried_again(backend):
+    b, servicer = backend
+    with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):     # d0 was the only decode worker
+        await collect(b, UNAVAILABLE_FIRST)
+    assert servicer.calls == 1
+
+
+async def test_nothing_is_retried_after_the_first_token(backend):
+    b, servicer = backend
+    [d0] = [w for w in servicer.registry.live() if w.worker_id == "d0"]
+    servicer.registry.publish(replace(d0, worker_id="d1"))
+    chunks = await collect(b, FAIL_AFTER_ONE)
+    assert chunks[-1].finish_reason == "error" and servicer.calls == 1
