@@ -18,6 +18,12 @@ Rules:
   is rebuilt from the registry alone. Conversations that open the same way share a worker, which
   is right for the cache too. "Busy": the preferred worker's load exceeds the least-loaded one's
   by more than ``AFFINITY_SLACK`` (half a batch); a worker that left is simply not a candidate.
+- A worker a call found failing (UNAVAILABLE) is ``mark_down``: not routed to until it is
+  re-published, i.e. until a registry read that started after the drop shows it with another
+  ``updated_at`` than the first such read did (its next heartbeat, within ``ttl / 3``). A dead
+  worker never beats again, so it stays out until its entry expires. A worker whose gRPC health
+  is not SERVING or does not answer (``WorkerBackend.ready``) is out until its health says
+  SERVING again (``set_healthy``), heartbeat or not.
 - The registry unreachable: ``BackendUnavailable`` (a 503), and the next request tries again.
 """
 
@@ -61,6 +67,8 @@ class RegistryView:
         self._read_at = float("-inf")
         self._reading: asyncio.Future | None = None
         self._sent: Counter[str] = Counter()
+        self._down: dict[str, tuple[float, float | None]] = {}   # worker_id -> (dropped at, updated_at)
+        self._unhealthy: set[str] = set()
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers, read from Redis if the view is older than ``refresh_s``."""
@@ -75,10 +83,27 @@ class RegistryView:
                     self._reading = None
         return self._workers
 
+    async def routable(self) -> list[WorkerInfo]:
+        """The live workers not marked down or unhealthy."""
+        return [w for w in await self.workers()
+                if w.worker_id not in self._down and w.worker_id not in self._unhealthy]
+
+    def mark_down(self, worker_id: str) -> None:
+        """Stop routing to ``worker_id`` until it is re-published (see the module rules)."""
+        self._down.setdefault(worker_id, (time.monotonic(), None))
+
+    def set_healthy(self, worker_id: str, healthy: bool) -> None:
+        """What ``worker_id``'s gRPC health said: SERVING (True) or not/no answer (False)."""
+        if healthy:
+            self._unhealthy.discard(worker_id)
+            self._down.pop(worker_id, None)
+        else:
+            self._unhealthy.add(worker_id)
+
     async def route(self, affinity: bytes = b"") -> tuple[WorkerInfo, WorkerInfo | None]:
         """(decode worker, prefill worker), or (colocated worker, None) when no pair is live;
         ``affinity`` (``affinity_key``) prefers the workers that ran the conversation so far."""
-        workers = await self.workers()
+        workers = await self.routable()
         decode, prefill = self._choose(workers, "decode", affinity), self._choose(workers, "prefill", affinity)
         if decode is None or prefill is None:
             colocated = self._choose(workers, "colocated", affinity)
@@ -105,12 +130,26 @@ class RegistryView:
         return worker
 
     async def _read(self) -> None:
+        started = time.monotonic()
         try:
             reply = await self._live(keys=self._keys)
         except redis.RedisError as exc:
             raise BackendUnavailable(f"worker registry unreachable: {type(exc).__name__}: {exc}") from exc
         self._workers, self._read_at = parse_live(reply), time.monotonic()
         self._sent.clear()
+        self._forget_republished(started)
+
+    def _forget_republished(self, read_started: float) -> None:
+        """Bring back the workers marked down that beat since; forget those that left."""
+        live = {w.worker_id: w.updated_at for w in self._workers}
+        self._unhealthy &= live.keys()
+        for worker_id, (dropped, seen) in list(self._down.items()):
+            if worker_id not in live:
+                del self._down[worker_id]
+            elif read_started > dropped and seen is None:
+                self._down[worker_id] = (dropped, live[worker_id])
+            elif seen is not None and live[worker_id] != seen:
+                del self._down[worker_id]
 
 
 def least_loaded(workers: list[WorkerInfo], sent: Counter[str] | None = None) -> WorkerInfo | None:

@@ -16,6 +16,10 @@ TOOL_MODES = {"auto": pb.TOOL_MODE_AUTO, "required": pb.TOOL_MODE_REQUIRED, "non
 
 # gRPC trailing-metadata key naming the request field an INVALID_ARGUMENT is about.
 PARAM_KEY = "tandem-param"
+# On a decode worker's UNAVAILABLE: which worker failed. "prefill" when its prefill worker's call
+# ended UNAVAILABLE (dead or failing), "none" when the prefill worker refused for another reason;
+# absent when the decode worker itself failed.
+FAILED_KEY = "tandem-failed"
 
 
 def sampling_to_proto(p: SamplingParams) -> pb.SamplingParams:

@@ -88,4 +88,5 @@ class Backend(Protocol):
     def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]: ...
 
     async def ready(self) -> tuple[bool, str]:
-        """(ready, reason): at least one live prefill and one live decode worker are reachable."""
+        """(ready, reason): at least one live prefill and one live decode worker (or a colocated one)
+        say SERVING on their gRPC health."""

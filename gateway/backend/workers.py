@@ -5,19 +5,33 @@ opens the decode worker's ``Generate`` stream naming the prefill worker, and tur
 ``TokenEvent``s into ``TokenChunk``s. A colocated worker (``tandem up --colocated``) gets the
 request whole.
 
+Retry: a request whose worker fails (UNAVAILABLE, the worker marked down) before any token reached
+the caller runs once more on the pair routed without that worker, with the same request id; a
+second failure, or no other live worker, is ``BackendUnavailable``. Nothing is retried after the
+first token.
+
 Errors: INVALID_ARGUMENT → ``InvalidRequestError`` naming the field (trailing metadata); any other
 status before the first token → ``BackendUnavailable``; after it → a final chunk with
 ``finish_reason="error"``. A stream that ends without a finished event is an error too.
 Closing the iterator cancels the gRPC call; the decode worker then aborts the request on both
 workers.
+
+Failing workers: a call that ends UNAVAILABLE marks the worker at fault down in the routing view
+(the prefill worker when the decode worker says so in ``wire.FAILED_KEY``, else the decode worker).
+``ready`` asks every live worker's standard gRPC health service at once (``HEALTH_TIMEOUT_S``
+each); one that is not SERVING or does not answer is out of routing until it is SERVING again
+(``RegistryView.set_healthy``), and the gateway is ready only while a SERVING prefill and decode worker (or colocated
+one) remain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.tandem.v1 import worker_pb2 as pb
 from protos.tandem.v1 import worker_pb2_grpc as rpc
@@ -26,7 +40,11 @@ from services.engine import InvalidRequestError
 from services.engine.tokenizer import Tokenizer
 
 from ..routing import RegistryView
+from services.registry import WorkerInfo
+
 from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
+
+HEALTH_TIMEOUT_S = 1.0   # one worker's gRPC health check from ``ready``
 
 
 class WorkerBackend:
@@ -37,7 +55,7 @@ class WorkerBackend:
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.request_timeout_s = request_timeout_s
-        self._stubs: dict[str, rpc.DecodeServiceStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         return self.tokenizer.apply_chat_template(messages)
@@ -47,24 +65,42 @@ class WorkerBackend:
             workers = await self.view.workers()
         except BackendUnavailable as e:  # Redis down: not ready, and say why
             return False, str(e)
-        roles = {w.role for w in workers}
+        serving = await asyncio.gather(*(self._serving(w) for w in workers))
+        for worker, ok in zip(workers, serving):
+            self.view.set_healthy(worker.worker_id, ok)
+        roles = {w.role for w, ok in zip(workers, serving) if ok}
         missing = [r for r in ("prefill", "decode") if r not in roles]
         if missing and "colocated" not in roles:
-            return False, f"no live {' or '.join(missing)} worker"
-        for w in workers:
-            if w.role in ("decode", "colocated") and await self._reachable(w.address):
-                return True, f"{len(workers)} live workers"
-        return False, "no decode worker answers"
+            return False, f"no serving {' or '.join(missing)} worker ({len(workers)} live)"
+        return True, f"{sum(serving)} serving workers"
 
-    async def _reachable(self, address: str) -> bool:
+    async def _serving(self, worker: WorkerInfo) -> bool:
+        """Whether ``worker``'s gRPC health says SERVING within ``HEALTH_TIMEOUT_S``."""
+        stub = health_pb2_grpc.HealthStub(self._channel(worker.address))
         try:
-            await self._stub(address).Status(pb.StatusRequest(), timeout=2)
-            return True
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
         except grpc.aio.AioRpcError:
             return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
-        decode, prefill = await self.view.route(params.affinity)
+        """Run ``params`` on a routed pair; if a worker fails (UNAVAILABLE) before the first token,
+        run it once more on the pair routed without it. Never after the first token."""
+        try:
+            async for chunk in self._attempt(params, *await self.view.route(params.affinity)):
+                yield chunk
+            return
+        except _WorkerDown as e:
+            first = e
+        try:
+            route = await self.view.route(params.affinity)
+        except BackendUnavailable:
+            raise first from None
+        async for chunk in self._attempt(params, *route):
+            yield chunk
+
+    async def _attempt(self, params: GenerateParams, decode: WorkerInfo,
+                       prefill: WorkerInfo | None) -> AsyncIterator[TokenChunk]:
         call = self._stub(decode.address).Generate(pb.GenerateRequest(
             request_id=params.request_id, prompt_token_ids=params.prompt_token_ids,
             sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address if prefill else "",
@@ -81,16 +117,36 @@ class WorkerBackend:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
                 raise InvalidRequestError(field, e.details()) from e
+            blamed = e.code() == grpc.StatusCode.UNAVAILABLE and self._blame(e, decode, prefill)
             if not started:
-                raise BackendUnavailable(f"worker failed: {e.code().name}: {e.details()}") from e
+                error = _WorkerDown if blamed else BackendUnavailable
+                raise error(f"worker failed: {e.code().name}: {e.details()}") from e
             yield TokenChunk([], "", time.perf_counter(), True, "error", error=f"worker failed: {e.details()}")
         finally:
             call.cancel()
 
+    def _blame(self, error: grpc.aio.AioRpcError, decode: WorkerInfo, prefill: WorkerInfo | None) -> bool:
+        """Mark the worker at fault down; False when none was (the prefill worker was only busy)."""
+        failed = dict(error.trailing_metadata() or ()).get(wire.FAILED_KEY)
+        if failed is None:
+            self.view.mark_down(decode.worker_id)
+        elif failed == "prefill" and prefill is not None:
+            self.view.mark_down(prefill.worker_id)
+        else:
+            return False
+        return True
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address)
+        return self._channels[address]
+
     def _stub(self, address: str) -> rpc.DecodeServiceStub:
-        if address not in self._stubs:
-            self._stubs[address] = rpc.DecodeServiceStub(grpc.aio.insecure_channel(address))
-        return self._stubs[address]
+        return rpc.DecodeServiceStub(self._channel(address))
+
+
+class _WorkerDown(BackendUnavailable):
+    """A worker failed before the first token: the request may run once more elsewhere."""
 
 
 def _chunk(event: pb.TokenEvent) -> TokenChunk:

@@ -13,6 +13,11 @@ needs that order; gloo is happy either way):
       |<--- SendKvReply ------------------|
 
 A channel whose transfer timed out or whose peer failed is dropped and re-paired next time.
+
+Resources: connects (``KvChannel.connect``) and receives run in two separate pools of ``max_peers``
+threads each; a pull holds its peer's lock, so each pool runs at most one task per peer and neither
+kind can queue behind the other. A peer (its pair, gRPC channel and lock) whose prefill worker left
+the registry is closed and forgotten by ``retain``, which ``PeerReaper`` calls every few seconds.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ class Pulled:
 
 
 class KvPuller:
-    def __init__(self, worker_id: str, store: KvStoreServer, device: torch.device, timeout_s: float):
+    def __init__(self, worker_id: str, store: KvStoreServer, device: torch.device, timeout_s: float,
+                 max_peers: int = 32):
         self.worker_id = worker_id
         self.store = store
         self.device = device
@@ -52,15 +58,39 @@ class KvPuller:
         self._channels: dict[str, KvChannel] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._grpc: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, rpc.PrefillServiceStub] = {}
-        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="kv-recv")
+        self._connects = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-connect")
+        self._receives = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-recv")
 
     def stub(self, address: str) -> rpc.PrefillServiceStub:
         with self._guard:
             if address not in self._stubs:
                 channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-                self._stubs[address] = rpc.PrefillServiceStub(channel)
+                self._grpc[address], self._stubs[address] = channel, rpc.PrefillServiceStub(channel)
             return self._stubs[address]
+
+    def peers(self) -> int:
+        """Prefill workers this puller holds anything for (a pair, a gRPC channel or a lock)."""
+        with self._guard:
+            return len(self._grpc.keys() | self._channels.keys() | self._locks.keys())
+
+    def retain(self, addresses: set[str]) -> None:
+        """Close and forget every peer not at one of ``addresses`` (the live prefill workers)."""
+        with self._guard:
+            gone = (self._grpc.keys() | self._channels.keys() | self._locks.keys()) - addresses
+        for address in gone:
+            with self._lock_for(address):     # waits for a pull in progress on it
+                channel = self._channels.pop(address, None)
+                with self._guard:
+                    grpc_channel = self._grpc.pop(address, None)
+                    self._stubs.pop(address, None)
+                    self._locks.pop(address, None)
+            if channel is not None:
+                channel.close()
+            if grpc_channel is not None:
+                grpc_channel.close()
+            log.info("forgot prefill worker %s (left the registry)", address)
 
     def pull(self, address: str, request_id: str, kv: pb.KvDescriptor, start_token: int = 0) -> Pulled:
         """Receive and verify ``request_id``'s KV from the prefill worker at ``address``: the
@@ -72,7 +102,7 @@ class KvPuller:
         with self._lock_for(address):
             channel = self._channel(address)
             start = time.perf_counter()
-            receiving = self._pool.submit(channel.recv, request_id, shape, dtype, start_token)
+            receiving = self._receives.submit(channel.recv, request_id, shape, dtype, start_token)
             try:
                 self.stub(address).SendKv(pb.SendKvRequest(request_id=request_id, decode_worker_id=self.worker_id,
                                                            start_token=start_token), timeout=self.timeout_s)
@@ -111,7 +141,7 @@ class KvPuller:
         if channel is not None and not channel.broken:
             return channel
         key = f"pair/{self.worker_id}/{uuid.uuid4().hex[:8]}"
-        joining = self._pool.submit(KvChannel.connect, self.store.host, self.store.port, key, rank=1,
+        joining = self._connects.submit(KvChannel.connect, self.store.host, self.store.port, key, rank=1,
                                     device=self.device, timeout_s=self.timeout_s)
         try:
             self.stub(address).Pair(pb.PairRequest(
@@ -136,4 +166,34 @@ class KvPuller:
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._connects, self._receives):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PeerReaper:
+    """Every ``interval_s``, ``puller.retain`` the prefill workers ``live()`` names (a daemon
+    thread); a failing ``live()`` (Redis down) forgets nothing."""
+
+    def __init__(self, puller: KvPuller, live, interval_s: float):
+        self.puller, self.live, self.interval_s = puller, live, interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="kv-peer-reaper")
+
+    def start(self) -> "PeerReaper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def reap(self) -> None:
+        try:
+            addresses = {w.address for w in self.live()}
+        except Exception as e:   # Redis unreachable: keep every peer until it answers again
+            log.warning("could not read the registry to forget departed peers: %s", e)
+            return
+        self.puller.retain(addresses)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            self.reap()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from protos.tandem.v1 import worker_pb2_grpc as rpc
-from services.decode.handoff import KvPuller
+from services.decode.handoff import KvPuller, PeerReaper
 from services.decode.server import DecodeServicer
 from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
@@ -39,6 +39,9 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     if store:
         extra["kv_store"] = f"{config.dial_host}:{store.port}"
     heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None), extra=extra)
+    reaper = None
+    if puller and config.redis_url:
+        reaper = PeerReaper(puller, _live_prefill(config), interval_s=config.heartbeat_ttl_s).start()
     log.info("%s worker %s serving on %s%s, metrics on http://%s/metrics", config.role, config.worker_id,
              address, f" (KV store on port {store.port})" if store else "", metrics_address)
     print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address} metrics={metrics_address}", flush=True)
@@ -48,9 +51,20 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
         health.stop()
         if heartbeat:
             heartbeat.stop()
+        if reaper:
+            reaper.stop()
         loop.stop()
         if puller:
             puller.close()
             store.close()
 
     return run_until_signal(server, stop, loop.failed)
+
+
+def _live_prefill(config: WorkerConfig):
+    import redis
+
+    from services.registry import WorkerRegistry
+
+    registry = WorkerRegistry(redis.Redis.from_url(config.redis_url, socket_timeout=2, socket_connect_timeout=2))
+    return lambda: registry.live("prefill")

@@ -199,6 +199,8 @@ class DecodeServicer(rpc.DecodeServiceServicer):
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
                 abort_invalid(context, InvalidRequestError(field, e.details()))
+            failed = "prefill" if e.code() == grpc.StatusCode.UNAVAILABLE else "none"
+            context.set_trailing_metadata(((wire.FAILED_KEY, failed),))
             context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {request.prefill_address} failed: "
                                                        f"{e.code().name}: {e.details()}")
 

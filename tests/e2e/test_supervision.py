@@ -1,5 +1,6 @@
 """``tandem up`` supervises its workers: SIGKILL the decode worker with streams in flight, each
-stream ends with an error within BOUND_S, the worker is restarted, and later requests succeed.
+stream ends with an error within BOUND_S, the worker is restarted, and later requests succeed;
+SIGKILL the prefill worker, /ready says 503 within READY_BOUND_S.
 Its own stack (started once for this module), the real model."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import signal
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -66,3 +68,25 @@ def test_a_killed_decode_worker_fails_its_streams_fast_and_is_restarted(own_stac
                                                max_tokens=8)
         assert reply.choices[0].finish_reason in ("stop", "length")
     assert any("restarted the decode worker" in line for line in own_stack.lines)
+
+
+READY_BOUND_S = 1.5   # from a prefill worker's death to /ready 503 (gRPC health, not heartbeat expiry)
+
+
+def test_a_killed_prefill_worker_turns_ready_503_at_once(own_stack):
+    base = own_stack.base_url.removesuffix("/v1")
+    assert httpx.get(f"{base}/ready", timeout=5).status_code == 200
+    [prefill] = own_stack.registry().live("prefill")
+    killed = time.monotonic()
+    os.kill(prefill.pid, signal.SIGKILL)
+    while (reply := httpx.get(f"{base}/ready", timeout=5)).status_code == 200:
+        assert time.monotonic() - killed < READY_BOUND_S, "/ready still 200 after the prefill worker died"
+        time.sleep(0.05)
+    assert reply.status_code == 503 and "prefill" in reply.json()["reason"]
+    deadline = time.monotonic() + 180
+    while httpx.get(f"{base}/ready", timeout=5).status_code != 200:   # restarted and serving again
+        assert time.monotonic() < deadline, "/ready never came back after the restart"
+        time.sleep(0.5)
+    reply = own_stack.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                       max_tokens=8)
+    assert reply.choices[0].finish_reason in ("stop", "length")

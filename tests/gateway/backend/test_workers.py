@@ -13,6 +13,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from gateway.backend import BackendUnavailable, GenerateParams
 from gateway.backend.workers import WorkerBackend
 from gateway.routing import RegistryView
@@ -25,7 +27,7 @@ from tandem.redis_server import EmbeddedRedis
 from tests.services.test_registry import worker
 
 pytestmark = pytest.mark.anyio
-OK, INVALID, UNAVAILABLE_FIRST, FAIL_AFTER_ONE, END_EARLY, HANG = range(6)
+OK, INVALID, UNAVAILABLE_FIRST, FAIL_AFTER_ONE, END_EARLY, HANG, PREFILL_DOWN, DOWN_ONCE = range(8)
 
 
 @pytest.fixture
@@ -36,13 +38,20 @@ def anyio_backend():
 class Scripted(rpc.DecodeServiceServicer):
     def __init__(self):
         self.cancelled = asyncio.Event()
+        self.calls = 0
 
     async def Generate(self, request, context):
         what = request.prompt_token_ids[0]
+        self.calls += 1
+        if what == DOWN_ONCE and self.calls == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the decode worker died")
         if what == INVALID:
             context.set_trailing_metadata(((wire.PARAM_KEY, "max_tokens"),))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens too large")
         if what == UNAVAILABLE_FIRST:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the decode worker is failing")
+        if what == PREFILL_DOWN:
+            context.set_trailing_metadata(((wire.FAILED_KEY, "prefill"),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "prefill worker unreachable")
         yield pb.TokenEvent(token_ids=[7], text="a")
         if what == FAIL_AFTER_ONE:
@@ -67,12 +76,14 @@ async def backend(tmp_path):
     server = grpc.aio.server()
     servicer = Scripted()
     rpc.add_DecodeServiceServicer_to_server(servicer, server)
+    servicer.health = health.HealthServicer()     # one health service answers for both workers
+    health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     with EmbeddedRedis(tmp_path / "redis") as redis_server:
-        registry = WorkerRegistry(redis_server.client())
-        registry.publish(replace(worker("d0"), address=f"127.0.0.1:{port}"))
-        registry.publish(worker("p0", role="prefill"))
+        servicer.registry = WorkerRegistry(redis_server.client())
+        servicer.registry.publish(replace(worker("d0"), address=f"127.0.0.1:{port}"))
+        servicer.registry.publish(replace(worker("p0", role="prefill"), address=f"127.0.0.1:{port}"))
         view = RegistryView(aioredis.Redis.from_url(redis_server.url, socket_timeout=1))
         yield WorkerBackend(view, tokenizer=None, model_name="m", max_model_len=100,
                             request_timeout_s=5), servicer
@@ -91,7 +102,7 @@ async def test_a_normal_stream_becomes_chunks(backend):
     chunks = await collect(backend[0], OK)
     assert [c.text for c in chunks] == ["a", "b"] and chunks[-1].finish_reason == "stop"
     assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (1, 2)
-    assert await backend[0].ready() == (True, "2 live workers")
+    assert await backend[0].ready() == (True, "2 serving workers")
 
 
 async def test_invalid_argument_is_a_refusal_naming_the_field(backend):
@@ -122,3 +133,63 @@ async def test_closing_the_iterator_cancels_the_call(backend):
     assert (await anext(stream)).text == "a"
     await stream.aclose()
     await asyncio.wait_for(backend[1].cancelled.wait(), 5)
+
+
+async def test_ready_and_routing_follow_the_workers_grpc_health(backend):
+    b, servicer = backend
+    servicer.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert await b.ready() == (False, "no serving prefill or decode worker (2 live)")
+    with pytest.raises(BackendUnavailable, match="no live decode"):
+        await b.view.route()
+    servicer.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert (await b.ready())[0] and (await b.view.route())[0].worker_id == "d0"
+
+
+async def test_a_worker_that_does_not_answer_is_not_ready(backend):
+    b, servicer = backend
+    servicer.registry.publish(worker("p0", role="prefill"))    # now at an address nobody serves
+    await asyncio.sleep(b.view.refresh_s)
+    start = asyncio.get_running_loop().time()
+    assert await b.ready() == (False, "no serving prefill worker (2 live)")
+    assert asyncio.get_running_loop().time() - start < 1.5
+    with pytest.raises(BackendUnavailable, match="no live prefill"):
+        await b.view.route()
+
+
+@pytest.mark.parametrize("what, down", [(UNAVAILABLE_FIRST, "decode"), (PREFILL_DOWN, "prefill")])
+async def test_an_unavailable_worker_leaves_routing_until_it_is_republished(backend, what, down):
+    b, servicer = backend
+    with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):
+        await collect(b, what)
+    with pytest.raises(BackendUnavailable, match=f"no live {down}"):
+        await b.view.route()
+    await asyncio.sleep(b.view.refresh_s)      # a read after the drop sees the last heartbeat
+    with pytest.raises(BackendUnavailable, match=f"no live {down}"):
+        await b.view.route()
+    [info] = [w for w in servicer.registry.live() if w.role == down]
+    servicer.registry.publish(info)            # its next heartbeat
+    await asyncio.sleep(b.view.refresh_s)
+    assert [w.worker_id for w in await b.view.route()] == ["d0", "p0"]
+
+
+async def test_a_worker_failing_before_the_first_token_is_retried_once_on_another(backend):
+    b, servicer = backend
+    [d0] = [w for w in servicer.registry.live() if w.worker_id == "d0"]
+    servicer.registry.publish(replace(d0, worker_id="d1"))     # a second decode worker (same server)
+    chunks = await collect(b, DOWN_ONCE)
+    assert [c.text for c in chunks] == ["a", "b"] and servicer.calls == 2
+
+
+async def test_a_second_failure_or_no_other_worker_is_not_retried_again(backend):
+    b, servicer = backend
+    with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):     # d0 was the only decode worker
+        await collect(b, UNAVAILABLE_FIRST)
+    assert servicer.calls == 1
+
+
+async def test_nothing_is_retried_after_the_first_token(backend):
+    b, servicer = backend
+    [d0] = [w for w in servicer.registry.live() if w.worker_id == "d0"]
+    servicer.registry.publish(replace(d0, worker_id="d1"))
+    chunks = await collect(b, FAIL_AFTER_ONE)
+    assert chunks[-1].finish_reason == "error" and servicer.calls == 1

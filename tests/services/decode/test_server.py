@@ -158,6 +158,7 @@ def test_a_busy_prefill_worker_makes_the_request_unavailable(tiny_engine):
         e = refused(stub, request(tiny_engine))
     assert e.code() == grpc.StatusCode.UNAVAILABLE
     assert "RESOURCE_EXHAUSTED" in e.details() and "holds too much KV" in e.details()
+    assert dict(e.trailing_metadata())[wire.FAILED_KEY] == "none"     # busy, not failing
 
 
 def test_an_unreachable_prefill_worker_makes_the_request_unavailable(tiny_engine):
@@ -165,6 +166,7 @@ def test_an_unreachable_prefill_worker_makes_the_request_unavailable(tiny_engine
     with decode_worker(tiny_engine, FakePuller(unreachable)) as stub:
         e = refused(stub, request(tiny_engine, prefill_address="127.0.0.1:1"))
     assert e.code() == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:1" in e.details()
+    assert dict(e.trailing_metadata())[wire.FAILED_KEY] == "prefill"  # the gateway stops routing to it
     assert tiny_engine.blocks.num_free == tiny_engine.blocks.num_blocks
 
 
