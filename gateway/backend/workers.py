@@ -24,6 +24,7 @@ from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services import wire
 from services.engine import InvalidRequestError
 from services.engine.tokenizer import Tokenizer
+from services.secret import aio_interceptors
 
 from ..routing import RegistryView
 from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
@@ -31,8 +32,9 @@ from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
 
 class WorkerBackend:
     def __init__(self, view: RegistryView, tokenizer: Tokenizer, model_name: str, max_model_len: int,
-                 request_timeout_s: float = 600.0):
+                 request_timeout_s: float = 600.0, worker_secret: str = ""):
         self.view = view
+        self._interceptors = aio_interceptors(worker_secret)   # every call carries the worker secret
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
@@ -89,7 +91,8 @@ class WorkerBackend:
 
     def _stub(self, address: str) -> rpc.DecodeServiceStub:
         if address not in self._stubs:
-            self._stubs[address] = rpc.DecodeServiceStub(grpc.aio.insecure_channel(address))
+            self._stubs[address] = rpc.DecodeServiceStub(
+                grpc.aio.insecure_channel(address, interceptors=self._interceptors))
         return self._stubs[address]
 
 
