@@ -42,7 +42,8 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     max_model_len = ModelConfig.from_json(model_dir / "config.json").max_position_embeddings
     view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s)
     backend = WorkerBackend(view, Tokenizer(model_dir), name, max_model_len,
-                            request_timeout_s=settings.request_timeout_s)
+                            request_timeout_s=settings.request_timeout_s,
+                            worker_secret=settings.worker_secret)
     gateway_settings = GatewaySettings(
         served_model_name=name, full_text_enabled_default=settings.full_text,
         request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,

@@ -24,6 +24,7 @@ import grpc
 
 from protos.tandem.v1 import worker_pb2 as pb
 from services.engine import EngineConfig, InvalidRequestError, LLMEngine
+from services.secret import server_interceptors
 from services.wire import PARAM_KEY
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class WorkerConfig:
     metrics_port: int = 0          # Prometheus /metrics on ``host``; 0 picks a free port
     engine_stall_s: float = 60.0   # gRPC health says NOT_SERVING once the engine loop stalls this long
     max_step_failures: int = 3     # failed engine steps in a row after which the worker exits 1
+    secret: str = field(default="", repr=False)   # every gRPC call must carry it (services/secret.py); "" is open
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "colocated"):
@@ -111,6 +113,7 @@ def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metri
 
 def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * config.engine.max_num_seqs + 16),
+                         interceptors=server_interceptors(config.secret),
                          options=[("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.max_receive_message_length", 64 << 20)])
     port = server.add_insecure_port(f"{config.host}:{config.port}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 import time
 import uuid
@@ -106,7 +107,8 @@ def up_command(args: argparse.Namespace) -> int:
     s = Settings.from_env()
     return run(UpConfig(host=args.host, port=args.port, model=args.model, dtype=args.dtype,
                         redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin,
-                        colocated=args.colocated))
+                        colocated=args.colocated,
+                        worker_secret=s.worker_secret or secrets.token_urlsafe(32)))
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -133,6 +135,13 @@ def worker_command(args: argparse.Namespace) -> int:
     from services.worker import WorkerConfig
 
     s = Settings.from_env()
+    if not s.worker_secret and not s.insecure_workers:
+        print(f"error: tandem {args.command} needs TANDEM_WORKER_SECRET (the gateway and the other "
+              "workers send it; `tandem up` generates one), or TANDEM_INSECURE_WORKERS=1 to serve "
+              "gRPC to anyone who can reach it", file=sys.stderr)
+        return 2
+    if not s.worker_secret:
+        logging.getLogger(__name__).warning("TANDEM_INSECURE_WORKERS: this worker answers gRPC from anyone who can reach it")
     config = WorkerConfig(role=args.command, engine=engine_config(args), host=args.host, port=args.port,
                           advertise_host=args.advertise_host, redis_url=s.redis_url,
                           worker_id=args.worker_id, test_hooks=s.test_hooks,
@@ -140,7 +149,7 @@ def worker_command(args: argparse.Namespace) -> int:
                           request_timeout_s=s.request_timeout_s, held_kv_ttl_s=s.held_kv_ttl_s,
                           max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s,
                           metrics_port=args.metrics_port, engine_stall_s=s.engine_stall_s,
-                          max_step_failures=s.max_step_failures)
+                          max_step_failures=s.max_step_failures, secret=s.worker_secret)
     if args.command == "prefill":
         from services.prefill.main import serve
 

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     rate_limit_tokens_per_minute: int = Field(0, ge=0, description="prompt + completion tokens "
                                               "per minute per API key unless its entry says "
                                               "(0: no limit)")
+    worker_secret: str = Field("", description="shared secret every gRPC call to a worker carries "
+                               "(gateway, decode -> prefill); `tandem up` generates one unless set. "
+                               "Workers refuse to start without it unless TANDEM_INSECURE_WORKERS")
+    insecure_workers: bool = Field(False, description="let a worker with no TANDEM_WORKER_SECRET "
+                                   "start and serve gRPC to anyone who can reach it (never in "
+                                   "production)")
     debug_headers: bool = Field(False, description="responses carry `x-tandem-*` headers "
                                                    "(worker ids, pids, KV bytes): tests only")
     # -- stored state ---------------------------------------------------------------------------

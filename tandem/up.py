@@ -5,7 +5,8 @@ directory, restarted if it dies), one prefill and one decode worker as separate 
 pinned to its own core where the OS allows, one torch thread each) — or, with ``--colocated``, one
 worker doing both on all cores — and the gateway in this process. It prints the URL once
 ``/ready`` is green. Once it is, a worker that exits is restarted with backoff and the stack keeps
-serving (tandem/supervise.py); a worker that exits during start-up stops the stack. Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
+serving (tandem/supervise.py); a worker that exits during start-up stops the stack. Workers and gateway
+share a worker secret, generated here unless ``TANDEM_WORKER_SECRET`` is set (docs/architecture.md). Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
 children also die with this process if it is killed.
 """
 
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tandem.redis_server import EmbeddedRedis, die_with_parent
@@ -39,6 +40,7 @@ class UpConfig:
     pin_cores: bool = True
     colocated: bool = False
     ready_timeout_s: float = 300.0
+    worker_secret: str = field(default="", repr=False)   # TANDEM_WORKER_SECRET of workers and gateway
 
 
 def _preexec(core: int | None):
@@ -55,7 +57,7 @@ def _preexec(core: int | None):
 
 
 def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None) -> subprocess.Popen:
-    env = dict(os.environ, TANDEM_REDIS_URL=redis_url)
+    env = dict(os.environ, TANDEM_REDIS_URL=redis_url, TANDEM_WORKER_SECRET=cfg.worker_secret)
     if core is not None:
         env["TANDEM_NUM_THREADS"] = "1"
     argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--metrics-port", "0",
@@ -110,7 +112,8 @@ def run(cfg: UpConfig) -> int:
     supervisor = Supervisor(lambda role, core: spawn_worker(role, cfg, redis_url, core),
                             [Slot(role, core, spawn_worker(role, cfg, redis_url, core)) for role, core in slots])
     try:
-        settings = Settings.from_env().model_copy(update={"redis_url": redis_url})
+        settings = Settings.from_env().model_copy(update={"redis_url": redis_url,
+                                                          "worker_secret": cfg.worker_secret})
         app = build_app(settings, model=cfg.model)
         print(f"tandem up: {access_line(settings)}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",

@@ -38,10 +38,11 @@ from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services import wire
 from services.engine import InvalidRequestError
 from services.engine.tokenizer import Tokenizer
+from services.secret import aio_interceptors
 
-from ..routing import RegistryView
 from services.registry import WorkerInfo
 
+from ..routing import RegistryView
 from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
 
 HEALTH_TIMEOUT_S = 1.0   # one worker's gRPC health check from ``ready``
@@ -49,8 +50,9 @@ HEALTH_TIMEOUT_S = 1.0   # one worker's gRPC health check from ``ready``
 
 class WorkerBackend:
     def __init__(self, view: RegistryView, tokenizer: Tokenizer, model_name: str, max_model_len: int,
-                 request_timeout_s: float = 600.0):
+                 request_timeout_s: float = 600.0, worker_secret: str = ""):
         self.view = view
+        self._interceptors = aio_interceptors(worker_secret)   # every call carries the worker secret
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
@@ -138,7 +140,7 @@ class WorkerBackend:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address)
+            self._channels[address] = grpc.aio.insecure_channel(address, interceptors=self._interceptors)
         return self._channels[address]
 
     def _stub(self, address: str) -> rpc.DecodeServiceStub:

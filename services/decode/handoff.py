@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
+import secrets
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -35,6 +35,7 @@ import torch
 from protos.tandem.v1 import worker_pb2 as pb
 from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services.engine.config import DTYPES
+from services.secret import secret_channel
 from services.transfer import KvChannel, KvStoreServer, KvTransferError
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ class Pulled:
 
 class KvPuller:
     def __init__(self, worker_id: str, store: KvStoreServer, device: torch.device, timeout_s: float,
-                 max_peers: int = 32):
+                 max_peers: int = 32, secret: str = ""):
         self.worker_id = worker_id
+        self.secret = secret
         self.store = store
         self.device = device
         self.timeout_s = timeout_s
@@ -66,7 +68,7 @@ class KvPuller:
     def stub(self, address: str) -> rpc.PrefillServiceStub:
         with self._guard:
             if address not in self._stubs:
-                channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                channel = secret_channel(address, self.secret, [("grpc.max_receive_message_length", 64 << 20)])
                 self._grpc[address], self._stubs[address] = channel, rpc.PrefillServiceStub(channel)
             return self._stubs[address]
 
@@ -140,9 +142,9 @@ class KvPuller:
         channel = self._channels.get(address)
         if channel is not None and not channel.broken:
             return channel
-        key = f"pair/{self.worker_id}/{uuid.uuid4().hex[:8]}"
+        key = f"pair/{self.worker_id}/{secrets.token_hex(16)}"   # unguessable: only Pair carries it
         joining = self._connects.submit(KvChannel.connect, self.store.host, self.store.port, key, rank=1,
-                                    device=self.device, timeout_s=self.timeout_s)
+                                        device=self.device, timeout_s=self.timeout_s, bind_host=self.store.host)
         try:
             self.stub(address).Pair(pb.PairRequest(
                 decode_worker_id=self.worker_id, store_host=self.store.host, store_port=self.store.port,

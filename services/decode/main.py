@@ -25,8 +25,8 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     loop = EngineLoop(engine, max_step_failures=config.max_step_failures).start()
     store = puller = None
     if config.role == "decode":   # a colocated worker prefills itself: no KV comes in
-        store = KvStoreServer(config.host, kv_port)
-        puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s)
+        store = KvStoreServer(config.dial_host, kv_port)   # listens on the advertised address only
+        puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s, config.secret)
     metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
     metrics.bind(engine, puller.pairs_open if puller else lambda: 0)
     servicer = DecodeServicer(loop, config, puller, metrics)

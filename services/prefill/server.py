@@ -116,7 +116,8 @@ class PrefillServicer(rpc.PrefillServiceServicer):
     def Pair(self, request: pb.PairRequest, context: grpc.ServicerContext) -> pb.PairReply:
         try:
             channel = KvChannel.connect(request.store_host, request.store_port, request.pair_key, rank=0,
-                                        device=self.engine.device, timeout_s=request.timeout_seconds)
+                                        device=self.engine.device, timeout_s=request.timeout_seconds,
+                                        bind_host=self.config.dial_host)
         except KvTransferError as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"pairing failed: {e}")
         with self._lock:

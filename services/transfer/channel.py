@@ -65,12 +65,15 @@ class KvChannel:
 
     @classmethod
     def connect(cls, store_host: str, store_port: int, pair_key: str, rank: int,
-                device: torch.device | str, timeout_s: float, store: dist.Store | None = None) -> KvChannel:
+                device: torch.device | str, timeout_s: float, store: dist.Store | None = None,
+                bind_host: str = "127.0.0.1") -> KvChannel:
         """Join pair ``pair_key`` as ``rank``; returns once both ends exchanged a hello over the group.
 
         Both ends call this concurrently; it raises ``KvTransferError`` within about ``timeout_s``
         if the other end does not show up or speaks another backend or version. By default it opens
         its own client of the store; pass ``store`` only if no other thread uses that object.
+        ``bind_host`` is this end's advertised address: gloo listens for its peer there only (NCCL
+        picks its interface from ``NCCL_SOCKET_IFNAME``).
         """
         if rank not in (SENDER, RECEIVER) or not pair_key:
             raise ValueError(f"rank must be 0 or 1 and pair_key non-empty, got {rank}, {pair_key!r}")
@@ -83,7 +86,7 @@ class KvChannel:
             scoped = dist.PrefixStore(f"tandem/kv/{pair_key}", store)
             _agree(scoped, rank, backend_for(device), _left(deadline))
             pg = _process_group(dist.PrefixStore("pg", scoped), rank, device, _left(deadline),
-                                timedelta(seconds=timeout_s))
+                                timedelta(seconds=timeout_s), bind_host)
         except KvTransferError:
             raise
         except RuntimeError as e:
@@ -254,9 +257,12 @@ def _agree(store: dist.Store, rank: int, backend: str, timeout: timedelta) -> No
 
 
 def _process_group(store: dist.Store, rank: int, device: torch.device, rendezvous: timedelta,
-                   op_timeout: timedelta) -> dist.ProcessGroup:
+                   op_timeout: timedelta, bind_host: str) -> dist.ProcessGroup:
     if backend_for(device) == "gloo":
-        return dist.ProcessGroupGloo(store, rank, 2, rendezvous)
+        options = dist.ProcessGroupGloo._Options()
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=bind_host)]
+        options._timeout = rendezvous
+        return dist.ProcessGroupGloo(store, rank, 2, options)
     options = dist.ProcessGroupNCCL.Options()   # NCCL connects lazily, at the hello
     options._timeout = 2 * op_timeout + timedelta(seconds=10)   # our own waits give up first
     return dist.ProcessGroupNCCL(store, rank, 2, options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ class Stack:
     base_url: str
     redis_url: str
     data_dir: Path
+    worker_secret: str = ""
     lines: list[str] = field(default_factory=list)
 
     def client(self, **kw):
@@ -38,17 +40,21 @@ class Stack:
 
         return WorkerRegistry(redis.Redis.from_url(self.redis_url, socket_timeout=2))
 
+    def channel(self, address: str):
+        """A gRPC channel to a worker of this stack; its calls carry the stack's worker secret."""
+        from services.secret import secret_channel
+
+        return secret_channel(address, self.worker_secret)
+
     def worker_status(self, role: str):
         """gRPC Status of every live worker of ``role``."""
-        import grpc
-
         from protos.tandem.v1 import worker_pb2 as pb
         from protos.tandem.v1 import worker_pb2_grpc as rpc
 
         out = []
         for w in self.registry().live(role):
             stub_cls = rpc.PrefillServiceStub if role == "prefill" else rpc.DecodeServiceStub
-            with grpc.insecure_channel(w.address) as ch:
+            with self.channel(w.address) as ch:
                 out.append(stub_cls(ch).Status(pb.StatusRequest(), timeout=5))
         return out
 
@@ -64,12 +70,12 @@ def _children(pid: int) -> list[int]:
 def start_up(tmp: Path, extra_env: dict | None = None, args: list[str] = ()) -> Stack:
     port = free_port()
     env = dict(os.environ, TANDEM_DATA_DIR=str(tmp), TANDEM_TEST_HOOKS="1", TANDEM_DEBUG_HEADERS="1",
-               TANDEM_KV_CACHE_GB="0.5",
+               TANDEM_KV_CACHE_GB="0.5", TANDEM_WORKER_SECRET=secrets.token_urlsafe(16),
                **(extra_env or {}))
     env.pop("TANDEM_REDIS_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stack = Stack(proc, f"http://127.0.0.1:{port}/v1", "", tmp)
+    stack = Stack(proc, f"http://127.0.0.1:{port}/v1", "", tmp, worker_secret=env["TANDEM_WORKER_SECRET"])
     ready = threading.Event()
 
     def pump():

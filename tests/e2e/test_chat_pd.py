@@ -171,7 +171,8 @@ def test_client_disconnect_aborts_and_frees_kv_everywhere(stack):
 
 
 def test_late_decode_worker_is_discovered_and_used(stack, tmp_path):
-    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25", TANDEM_TEST_HOOKS="1")
+    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25", TANDEM_TEST_HOOKS="1",
+               TANDEM_WORKER_SECRET=stack.worker_secret)
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", "decode-late"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

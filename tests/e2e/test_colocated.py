@@ -41,7 +41,7 @@ def test_colocated_worker_refuses_a_prefill_address_and_hosts_no_kv_store(coloca
 
     [worker] = colocated.registry().live()
     assert worker.kv_store == ""
-    with grpc.insecure_channel(worker.address) as channel:
+    with colocated.channel(worker.address) as channel:
         call = rpc.DecodeServiceStub(channel).Generate(pb.GenerateRequest(
             request_id="colocated-bad", prompt_token_ids=[1, 2, 3], prefill_address="127.0.0.1:1",
             sampling=wire.sampling_to_proto(SamplingParams(max_tokens=4, temperature=0))), timeout=30)

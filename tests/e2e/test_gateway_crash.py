@@ -38,7 +38,8 @@ def start_gateway(redis_url: str, **env: str) -> tuple[subprocess.Popen, str]:
 
 
 def test_killing_the_gateway_mid_stream_leaves_a_replayable_log(stack):
-    proc, base = start_gateway(stack.redis_url, TANDEM_EVENT_LOG_BATCH=str(BATCH))
+    proc, base = start_gateway(stack.redis_url, TANDEM_EVENT_LOG_BATCH=str(BATCH),
+                               TANDEM_WORKER_SECRET=stack.worker_secret)
     received: list[dict] = []
     try:
         body = {"model": "SmolLM2-135M-Instruct", "input": "Tell me a long story.", "stream": True,

@@ -52,7 +52,8 @@ def test_a_follow_up_turn_computes_and_moves_only_its_new_blocks(stack, engine):
 
 
 def test_a_chain_stays_on_its_decode_worker_and_moves_when_that_worker_dies(stack):
-    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25")
+    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25",
+               TANDEM_WORKER_SECRET=stack.worker_secret)
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", "decode-aff"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -219,7 +219,7 @@ def test_stored_records_keep_their_ttl(stack):
 @pytest.fixture(scope="module")
 def second_gateway(stack):
     port = free_port()
-    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url)
+    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_WORKER_SECRET=stack.worker_secret)
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -19,11 +19,13 @@ from tests.e2e.test_gateway_crash import start_gateway
 
 pytestmark = pytest.mark.slow
 MODEL = "SmolLM2-135M-Instruct"
+SECRET = "worker-failure-test-secret"
 
 
 def start_worker(redis_url: str, **env: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "colocated", "--metrics-port", "0"],
-                            env=dict(os.environ, TANDEM_REDIS_URL=redis_url, TANDEM_KV_CACHE_GB="0.5", **env),
+                            env=dict(os.environ, TANDEM_REDIS_URL=redis_url, TANDEM_KV_CACHE_GB="0.5",
+                                     TANDEM_WORKER_SECRET=SECRET, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("TANDEM_WORKER_READY"):
@@ -37,7 +39,7 @@ def failing_stack(tmp_path):
         # A long heartbeat TTL: only the worker's own removal can take it out of the registry in time.
         worker = start_worker(redis.url, TANDEM_TEST_HOOKS="1", TANDEM_TEST_FAIL_STEP="colocated",
                               TANDEM_HEARTBEAT_TTL_S="60", TANDEM_MAX_STEP_FAILURES="3")
-        gateway, base = start_gateway(redis.url)
+        gateway, base = start_gateway(redis.url, TANDEM_WORKER_SECRET=SECRET)
         try:
             yield worker, base, WorkerRegistry(redis.client())
         finally:

@@ -19,3 +19,16 @@ def test_generate_rejects_bad_input_with_the_field_name():
     r = subprocess.run([sys.executable, "-m", "tandem.cli", "generate", "hi", "--top-p", "2"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "top_p" in r.stderr
+
+
+def test_a_worker_without_a_secret_refuses_to_start():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TANDEM_WORKER_SECRET", "TANDEM_INSECURE_WORKERS")}
+    for role in ("prefill", "decode"):
+        done = subprocess.run([sys.executable, "-m", "tandem.cli", role], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "TANDEM_WORKER_SECRET" in done.stderr and "TANDEM_INSECURE_WORKERS=1" in done.stderr
