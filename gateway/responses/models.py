@@ -34,7 +34,6 @@ MAX_METADATA_VALUE = 512
 # OpenAI request fields that are not implemented → the values that mean "not used" (null always is).
 NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "max_tool_calls": (),
-    "reasoning": ({},),
     "include": ([],),
     "top_logprobs": (0,),
     "service_tier": ("auto", "default"),
@@ -238,6 +237,31 @@ class TextParam(BaseModel):
     verbosity: Literal["medium"] | None = None      # the only verbosity this model has
 
 
+class ReasoningParam(BaseModel):
+    """``reasoning``: the effort is checked and echoed; the served model has no reasoning mode, so it
+    changes nothing and writes no reasoning (``reasoning_tokens`` is 0). A summary cannot be made."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    summary: None = None
+    generate_summary: None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_summary(cls, data: Any) -> Any:
+        for field in ("summary", "generate_summary"):
+            if isinstance(data, dict) and data.get(field) is not None:
+                raise PydanticCustomError(
+                    "unsupported_value", "This model has no reasoning mode, so it cannot produce "
+                    "a reasoning summary; '{field}' must be null.",
+                    {"field": field, "param": f"reasoning.{field}"})
+        return data
+
+    def echo(self) -> dict[str, Any]:
+        return {"effort": self.effort, "summary": None}
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -271,6 +295,7 @@ class ResponseCreateRequest(OpenAIRequest):
     tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextParam | None = None
+    reasoning: ReasoningParam | None = None
 
     @model_validator(mode="after")
     def _check_tools(self) -> "ResponseCreateRequest":

@@ -43,7 +43,7 @@ def new_response(response_id: str, body: ResponseCreateRequest, model: str, stat
         "output": [],
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
-        "reasoning": None,
+        "reasoning": body.reasoning.echo() if body.reasoning else None,
         "store": body.keep,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "text": {"format": body.text.format.echo() if body.text and body.text.format else {"type": "text"}},
