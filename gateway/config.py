@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .tools.mcp import McpSettings
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,8 @@ class GatewaySettings:
     request body (413 above it). ``auth_ops``: /metrics and /status need an API key too
     (when keys are configured); ``debug_headers``: responses carry the ``x-tandem-*`` headers (where
     a request ran, KV moved); ``test_hooks``: the ``x-tandem-test-*`` request headers are honoured
-    (else a request carrying one is a 400). How long stored responses live is the ``ResponseStore``'s.
+    (else a request carrying one is a 400). ``mcp``: remote MCP tools (allowlist, deadlines, turns).
+    How long stored responses live is the ``ResponseStore``'s.
     """
 
     served_model_name: str
@@ -29,6 +32,7 @@ class GatewaySettings:
     auth_ops: bool = True
     debug_headers: bool = False
     test_hooks: bool = False
+    mcp: McpSettings = field(default_factory=McpSettings)
 
     def __post_init__(self) -> None:
         if not self.served_model_name:

@@ -29,6 +29,7 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     from .ops.redis import metered
     from .ratelimit import RateLimits
     from .responses.store import ResponseStore
+    from .tools.mcp import McpSettings
     from .routing import RegistryView
 
     model_dir = resolve_model_dir(model or None, settings.cache_dir)
@@ -49,7 +50,9 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
         request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,
         sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes,
         auth_ops=settings.auth_ops, debug_headers=settings.debug_headers,
-        test_hooks=settings.test_hooks)
+        test_hooks=settings.test_hooks, mcp=McpSettings(
+            McpSettings.parse_hosts(settings.mcp_allowed_hosts), settings.mcp_call_timeout_s,
+            settings.mcp_response_timeout_s, settings.mcp_max_turns))
     store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
     ops = OpsState(metrics, view, aioredis.Redis.from_url(settings.redis_url, **options))
     return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch,

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
                                                            "idle this long")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body (413 above)")
     full_text: bool = Field(False, description="server default for MindIE `fullTextEnabled`")
+    # -- remote MCP tools (docs/api.md "Remote MCP tools") ----------------------------------------
+    mcp_allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="hosts a request's MCP "
+                                   "`server_url` may name, comma-separated (`*`: any); "
+                                   "link-local and metadata addresses are always refused")
+    mcp_call_timeout_s: float = Field(30.0, gt=0, description="one MCP listing or tool call")
+    mcp_response_timeout_s: float = Field(120.0, gt=0, description="all MCP work of one response")
+    mcp_max_turns: int = Field(5, ge=1, le=64, description="model turns of one MCP response (the "
+                               "last may not call a tool)")
     # -- security (docs/api.md "Authentication") ------------------------------------------------
     api_keys: str = Field("", description="API keys as `key=project` pairs, comma-separated "
                           "(project optional: `default`); held hashed. No keys and no key file: "

@@ -44,11 +44,24 @@ async def conversation(body: ResponseCreateRequest, store: ResponseStore, backen
     """The full input item list (history + new input) and the prompt built from it (the chat
     template runs in a worker thread; ``tools`` go into the system prompt, gateway/tools/prompt.py).
     ``previous_response_id`` must name a response of ``project`` (else 404)."""
+    items = await conversation_items(body, store, project)
+    return items, await turn_prompt(items, body, backend, tools)
+
+
+async def conversation_items(body: ResponseCreateRequest, store: ResponseStore, project: str
+                             ) -> list[dict[str, Any]]:
+    """The full input item list: the parent's (``previous_response_id``) and the new input."""
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         history = await _history(store, body.previous_response_id, project)
     items = history + input_items(body.input)
     check_call_outputs(items, len(history))
+    return items
+
+
+async def turn_prompt(items: list[dict[str, Any]], body: ResponseCreateRequest, backend: Backend,
+                      tools: list[FunctionTool] | None) -> "Prompt":
+    """The prompt of ``items`` (one model turn) under the request's instructions and limits."""
     max_model_len = backend.max_model_len
     if body.max_output_tokens is not None and body.max_output_tokens >= max_model_len:
         raise APIError.invalid(f"max_output_tokens must be less than this model's context of "
@@ -61,7 +74,7 @@ async def conversation(body: ResponseCreateRequest, store: ResponseStore, backen
             truncation=body.truncation or "disabled")
     except InvalidRequestError as exc:       # the chat template refused a message
         raise APIError.invalid(exc.message, "input") from None
-    return items, prompt
+    return prompt
 
 
 async def _history(store: ResponseStore, parent_id: str, project: str) -> list[dict[str, Any]]:
@@ -110,21 +123,28 @@ def continued_items(parent: dict[str, Any], parent_items: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     """The items a child of ``parent`` inherits: the parent's input, then its output messages and
     function calls (the calls a follow-up's ``function_call_output`` items answer)."""
-    output = [item for item in parent.get("output") or [] if item.get("type") in ("message", "function_call")]
+    kept = ("message", "function_call", "mcp_list_tools", "mcp_call")
+    output = [item for item in parent.get("output") or [] if item.get("type") in kept]
     return [*parent_items, *output]
 
 
 def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list[dict[str, Any]]:
     """Items (and this turn's instructions) as messages for gateway/tools/prompt.py; developer →
-    system; function calls join the assistant turn before them, outputs are ``tool`` messages."""
+    system; function calls join the assistant turn before them, outputs are ``tool`` messages; an
+    ``mcp_call`` is both (its output, or its error); an ``mcp_list_tools`` is not in the prompt."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions is not None else []
     for item in items:
-        if item.get("type") == "function_call":
+        kind = item.get("type")
+        if kind in ("function_call", "mcp_call"):
             if not (messages and messages[-1]["role"] == "assistant"):
                 messages.append({"role": "assistant", "content": ""})
             messages[-1].setdefault("tool_calls", []).append((item["name"], item["arguments"]))
-        elif item.get("type") == "function_call_output":
+        if kind == "function_call_output":
             messages.append({"role": "tool", "content": item["output"]})
+        elif kind == "mcp_call":
+            messages.append({"role": "tool", "content": item.get("output") or f"Error: {item.get('error')}"})
+        elif kind in ("function_call", "mcp_list_tools"):
+            continue
         else:
             role = "system" if item["role"] == "developer" else item["role"]
             text = "\n".join(part.get("text") or "" for part in item["content"])

@@ -33,8 +33,6 @@ MAX_METADATA_VALUE = 512
 
 # OpenAI request fields that are not implemented → the values that mean "not used" (null always is).
 NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
-    "max_tool_calls": (),
-    "reasoning": ({},),
     "include": ([],),
     "top_logprobs": (0,),
     "service_tier": ("auto", "default"),
@@ -199,6 +197,59 @@ class FunctionToolParam(BaseModel):
     strict: bool | None = None
 
 
+    def echo(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class AllowedTools(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tool_names: list[str] | None = None
+    read_only: None = None          # tool annotations are not trusted to filter on
+
+
+class McpToolParam(BaseModel):
+    """A remote MCP server the gateway calls for this response (gateway/tools/mcp.py). ``headers``
+    and ``authorization`` go to the server only: never stored, logged or echoed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["mcp"]
+    server_label: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    server_url: str
+    server_description: str | None = None
+    headers: dict[str, str] | None = None
+    authorization: str | None = None
+    allowed_tools: list[str] | AllowedTools | None = None
+    require_approval: Literal["never"]      # approvals are not run yet: "never" must be said
+
+    @property
+    def allowed(self) -> list[str] | None:
+        if isinstance(self.allowed_tools, AllowedTools):
+            return self.allowed_tools.tool_names
+        return self.allowed_tools
+
+    def request_headers(self) -> dict[str, str]:
+        auth = {"Authorization": f"Bearer {self.authorization}"} if self.authorization else {}
+        return {**(self.headers or {}), **auth}
+
+    def echo(self) -> dict[str, Any]:
+        return {"type": "mcp", "server_label": self.server_label, "server_url": self.server_url,
+                "server_description": self.server_description, "allowed_tools": self.allowed_tools
+                if not isinstance(self.allowed_tools, AllowedTools) else self.allowed_tools.model_dump(),
+                "require_approval": self.require_approval, "headers": None}
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return UNION_TAG + ("mcp" if kind == "mcp" else "function")
+
+
+ToolParam = Annotated[Union[Annotated[FunctionToolParam, Tag(UNION_TAG + "function")],
+                            Annotated[McpToolParam, Tag(UNION_TAG + "mcp")]],
+                      Discriminator(_tool_kind)]
+
+
 class NamedToolChoice(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -238,6 +289,31 @@ class TextParam(BaseModel):
     verbosity: Literal["medium"] | None = None      # the only verbosity this model has
 
 
+class ReasoningParam(BaseModel):
+    """``reasoning``: the effort is checked and echoed; the served model has no reasoning mode, so it
+    changes nothing and writes no reasoning (``reasoning_tokens`` is 0). A summary cannot be made."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    summary: None = None
+    generate_summary: None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_summary(cls, data: Any) -> Any:
+        for field in ("summary", "generate_summary"):
+            if isinstance(data, dict) and data.get(field) is not None:
+                raise PydanticCustomError(
+                    "unsupported_value", "This model has no reasoning mode, so it cannot produce "
+                    "a reasoning summary; '{field}' must be null.",
+                    {"field": field, "param": f"reasoning.{field}"})
+        return data
+
+    def echo(self) -> dict[str, Any]:
+        return {"effort": self.effort, "summary": None}
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -267,10 +343,12 @@ class ResponseCreateRequest(OpenAIRequest):
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     ignore_eos: bool | None = None
-    tools: list[FunctionToolParam] | None = None
+    tools: list[ToolParam] | None = None
+    max_tool_calls: int | None = Field(None, ge=0, le=UINT32_MAX)   # MCP calls, over all turns
     tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextParam | None = None
+    reasoning: ReasoningParam | None = None
 
     @model_validator(mode="after")
     def _check_tools(self) -> "ResponseCreateRequest":
@@ -279,7 +357,18 @@ class ResponseCreateRequest(OpenAIRequest):
         fmt = self.text.format if self.text else None
         if self.tools and fmt is not None and fmt.type != "text":
             raise _invalid("text.format", "Give 'tools' or a JSON 'text.format', not both.")
+        if self.mcp_tools and (self.stream or self.background):
+            raise _invalid("stream" if self.stream else "background", "MCP tools are run for "
+                           "non-streamed foreground responses only (streaming them is not built yet).")
         return self
+
+    @property
+    def function_tools(self) -> list[FunctionToolParam]:
+        return [t for t in self.tools or () if isinstance(t, FunctionToolParam)]
+
+    @property
+    def mcp_tools(self) -> list[McpToolParam]:
+        return [t for t in self.tools or () if isinstance(t, McpToolParam)]
 
     @model_validator(mode="after")
     def _check_metadata(self) -> "ResponseCreateRequest":

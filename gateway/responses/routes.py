@@ -42,6 +42,7 @@ from .object import new_id, new_response
 from .replay import follow
 from .run import ResponseRun
 from .structured import response_constraints
+from .tool_loop import run_mcp_response
 from .state import ResponsesState, responses_state
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     settings = state.settings
     check_model(body.model, settings.served_model_name)
     refuse_lone_surrogates(body)
+    if body.mcp_tools:
+        return await run_mcp_response(request, body, state, shared)
     sampling = sampling_params(body, max_tokens=body.max_output_tokens, engine_params=ENGINE_PARAMS)
     constraints = response_constraints(body)
     sampling = dataclasses.replace(sampling, grammar=constraints.grammar)

@@ -19,11 +19,19 @@ class ResponseConstraints:
     parse_calls: bool           # the output may hold a tool-call tag
 
 
-def response_constraints(body: ResponseCreateRequest) -> ResponseConstraints:
-    tools = [FunctionTool(t.name, t.description, t.parameters, t.strict) for t in body.tools or ()]
+def response_constraints(body: ResponseCreateRequest, offered: list[FunctionTool] = (), *,
+                         first_turn: bool = True, no_calls: bool = False) -> ResponseConstraints:
+    """``offered``: MCP tools offered as functions; ``tool_choice`` other than ``auto``/``none``
+    holds for the first turn only; ``no_calls``: this turn may not call a tool."""
+    tools = [FunctionTool(t.name, t.description, t.parameters, t.strict) for t in body.function_tools]
     check_tools(tools, [f"tools[{i}].parameters" for i in range(len(tools))])
-    named = isinstance(body.tool_choice, NamedToolChoice)
-    choice = tool_choice(None if named else body.tool_choice, body.tool_choice.name if named else None, tools)
+    tools += offered
+    check_tools(tools, [f"tools[{i}].parameters" for i in range(len(tools))])
+    name = body.tool_choice.name if isinstance(body.tool_choice, NamedToolChoice) else None
+    mode = None if name else body.tool_choice
+    if no_calls or not first_turn:
+        mode, name = "none" if no_calls else "auto", None
+    choice = tool_choice(mode, name, tools)
     grammar = tool_grammar(tools, choice, body.parallel_tool_calls is not False)
     fmt = body.text.format if body.text else None
     if grammar is None and fmt is not None:

@@ -215,6 +215,12 @@ BAD = [
     ("image", {"input": IMAGE}, "input[0].content", "unsupported_content"),
     ("file", {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
      "input[0].content", "unsupported_content"),
+    ("reasoning-effort", {"reasoning": {"effort": "extreme"}}, "reasoning.effort", "invalid_value"),
+    ("reasoning-summary", {"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary",
+     "unsupported_value"),
+    ("reasoning-generate-summary", {"reasoning": {"generate_summary": "concise"}},
+     "reasoning.generate_summary", "unsupported_value"),
+    ("reasoning-unknown", {"reasoning": {"budget": 3}}, "reasoning.budget", "unknown_parameter"),
     ("reasoning-item", {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input[0]",
      "unsupported_item"),
     ("input-text-annotations", {"input": [{"role": "user", "content": [
@@ -248,6 +254,14 @@ BAD = [
 def test_bad_input_is_400_naming_the_field(http, fake, body, param, code):
     assert_error(create(http, **body), 400, param, code)
     assert create(http).status_code == 200              # still serving
+
+
+def test_reasoning_effort_is_echoed_and_changes_nothing(client, fake):
+    r = client.responses.create(model=MODEL, input="Hi", reasoning={"effort": "low"})
+    assert r.reasoning.effort == "low" and r.reasoning.summary is None
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+    assert client.responses.retrieve(r.id).reasoning.effort == "low"
+    assert client.responses.create(model=MODEL, input="Hi").reasoning is None
 
 
 def test_unknown_model_and_template_refusal(http, fake):

@@ -1,0 +1,128 @@
+"""The gateway as an MCP client: a request's remote MCP server, checked, listed and called.
+
+Rules: a ``server_url`` is http(s) and its host passes the allowlist (``McpSettings``) before any
+connection is made; link-local and cloud-metadata addresses are refused whatever the list says.
+Each operation opens its own Streamable HTTP session (the official ``mcp`` SDK) with the request's
+``headers``, and is bounded by ``min(call_timeout_s, what is left of the response's deadline)``.
+Headers live only in this module's calls: they are never logged, stored or echoed. Every failure
+becomes an ``McpFailure`` with a message for the response (the SDK's errors say no more than that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from ..errors import APIError
+
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "169.254.169.254", "fd00:ec2::254"})
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class McpSettings:
+    """``allowed_hosts``: host names (or ``*`` for any public host) a request may name;
+    ``call_timeout_s`` bounds one listing or call, ``response_timeout_s`` all of a response's MCP
+    work, ``max_turns`` the model turns of one response (the last one may not call a tool)."""
+
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    call_timeout_s: float = 30.0
+    response_timeout_s: float = 120.0
+    max_turns: int = 5
+
+    def __post_init__(self) -> None:
+        if not (self.call_timeout_s > 0 and self.response_timeout_s > 0 and self.max_turns >= 1):
+            raise ValueError("MCP timeouts must be > 0 and max_turns >= 1")
+
+    @classmethod
+    def parse_hosts(cls, text: str) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in text.split(",") if h.strip())
+
+
+class McpFailure(Exception):
+    """An MCP listing or call that did not succeed; ``str()`` is what the response says."""
+
+
+def check_server_url(url: str, settings: McpSettings, param: str) -> None:
+    """400 naming ``param`` unless ``url`` is http(s) on an allowed, non-link-local host."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise APIError.invalid(f"'{param}' must be an http or https URL.", param)
+    if host in METADATA_HOSTS or _link_local(host):
+        raise APIError.invalid(f"'{param}' names a link-local or metadata address ({host}); "
+                               "MCP servers there are never called.", param)
+    if "*" not in settings.allowed_hosts and host not in settings.allowed_hosts:
+        raise APIError.invalid(f"'{param}' names host '{host}', which is not in this server's MCP "
+                               "allowlist (TANDEM_MCP_ALLOWED_HOSTS).", param)
+
+
+def _link_local(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_link_local or address.is_unspecified
+
+
+@dataclass
+class McpServer:
+    """One ``{type: mcp}`` tool of a request: where it is, its headers, its response's deadline."""
+
+    label: str
+    url: str
+    headers: dict[str, str]
+    settings: McpSettings
+    deadline: float = field(default=0.0)      # time.monotonic() after which nothing more runs
+
+    async def list_tools(self, allowed: list[str] | None) -> list[dict[str, Any]]:
+        """The server's tools (those in ``allowed``, if given) as ``mcp_list_tools`` entries."""
+        result = await self._run(lambda c: c.list_tools(), "listing the tools")
+        return [{"name": t.name, "input_schema": t.input_schema, "description": t.description,
+                 "annotations": t.annotations.model_dump(exclude_none=True) if t.annotations else None}
+                for t in result.tools if allowed is None or t.name in allowed]
+
+    async def call(self, name: str, arguments: str) -> str:
+        """Run tool ``name``; its text output (``McpFailure`` if it failed)."""
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            raise McpFailure(f"The arguments for '{name}' are not JSON.") from None
+        result = await self._run(lambda c: c.call_tool(name, args), f"calling '{name}'")
+        text = "\n".join(getattr(part, "text", "") for part in result.content)
+        if result.is_error:
+            raise McpFailure(text or f"Tool '{name}' failed.")
+        return text
+
+    async def _run(self, operation: Any, what: str) -> Any:
+        budget = min(self.settings.call_timeout_s, self.deadline - time.monotonic())
+        if budget <= 0:
+            raise McpFailure(f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "
+                             f"passed before {what}.")
+        try:
+            async with asyncio.timeout(budget):
+                async with httpx2.AsyncClient(headers=self.headers, timeout=budget) as http:
+                    async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                        return await operation(client)
+        except TimeoutError:
+            raise McpFailure(f"MCP server '{self.label}' did not answer within {budget:g} s "
+                             f"while {what}.") from None
+        except Exception as exc:       # the SDK raises exception groups, httpx and protocol errors
+            raise McpFailure(f"MCP server '{self.label}' failed while {what}: "
+                             f"{_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost message of an exception group, without the headers it was sent with."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:300]
