@@ -9,6 +9,7 @@ where helm is on PATH (it is not installable on these machines).
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -144,3 +145,14 @@ def test_helm_lint_and_template(case):
     flags = [arg for f in VALUE_FILES[case] for arg in ("-f", str(CHART / f))]
     subprocess.run(["helm", "lint", str(CHART), *flags], check=True, capture_output=True)
     subprocess.run(["helm", "template", "demo", str(CHART), *flags], check=True, capture_output=True)
+
+
+def test_every_tandem_process_gets_the_worker_secret_from_a_secret(rendered):
+    docs = rendered["default"]
+    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "demo-tandem-worker-secret"
+    assert len(base64.b64decode(secret["data"]["worker-secret"])) >= 32
+    for name, deployment in by_kind(docs, "Deployment").items():
+        env = {e["name"]: e for e in container(deployment)["env"]}
+        ref = env["TANDEM_WORKER_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "demo-tandem-worker-secret", "key": "worker-secret"}, name

@@ -45,6 +45,11 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{/* The environment every Tandem process gets. */}}
 {{- define "tandem.env" -}}
 {{ include "tandem.redisEnv" . }}
+- name: TANDEM_WORKER_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.workerSecret.existingSecret | default (printf "%s-worker-secret" (include "tandem.fullname" .)) }}
+      key: {{ .Values.workerSecret.key }}
 - name: TANDEM_CACHE_DIR
   value: /cache
 - name: TANDEM_DTYPE
