@@ -51,7 +51,7 @@ class Pulled:
 
 class KvPuller:
     def __init__(self, worker_id: str, store: KvStoreServer, device: torch.device, timeout_s: float,
-                 max_peers: int = 32, secret: str = ""):
+                 *, max_peers: int = 32, secret: str = ""):
         self.worker_id = worker_id
         self.secret = secret
         self.store = store

@@ -26,7 +26,7 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     store = puller = None
     if config.role == "decode":   # a colocated worker prefills itself: no KV comes in
         store = KvStoreServer(config.dial_host, kv_port)   # listens on the advertised address only
-        puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s, config.secret)
+        puller = KvPuller(config.worker_id, store, engine.device, config.kv_timeout_s, secret=config.secret)
     metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
     metrics.bind(engine, puller.pairs_open if puller else lambda: 0)
     servicer = DecodeServicer(loop, config, puller, metrics)
