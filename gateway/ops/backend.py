@@ -14,6 +14,7 @@ from typing import AsyncIterator
 
 from ..backend import Backend, GenerateParams, TokenChunk
 from ..ratelimit import charge_tokens
+from ..usage import UsageMeter
 from .metrics import ARRIVAL, GatewayMetrics
 
 
@@ -30,7 +31,7 @@ class MeteredBackend:
         return self._metered(self.inner.generate(params), ARRIVAL.get() or time.perf_counter())
 
     async def _metered(self, chunks: AsyncIterator[TokenChunk], arrival: float) -> AsyncIterator[TokenChunk]:
-        m, last, gaps, ttft = self.metrics, None, [], None
+        m, meter = self.metrics, UsageMeter(arrival)   # the same timings the client's usage has
         final: TokenChunk | None = None
         started = False
         try:
@@ -38,20 +39,17 @@ class MeteredBackend:
                 if not started:
                     started = True
                     m.inflight.inc()
-                for _ in chunk.token_ids:
-                    if last is None:
-                        ttft = chunk.arrival - arrival
-                        m.ttft.observe(ttft)
-                    else:
-                        gaps.append(chunk.arrival - last)
-                    last = chunk.arrival
+                first = meter.prefill_time is None
+                meter.record(chunk)
+                if first and meter.prefill_time is not None:
+                    m.ttft.observe(meter.prefill_time)
                 final = chunk if chunk.finished else None
                 yield chunk
         finally:
             await _close(chunks)
             if started:
                 m.inflight.dec()
-                self._ended(final, arrival, ttft, gaps)
+                self._ended(final, arrival, meter.prefill_time, meter.decode_time_arr)
 
     def _ended(self, final: TokenChunk | None, arrival: float, ttft: float | None, gaps: list[float]) -> None:
         m = self.metrics

@@ -72,7 +72,8 @@ class McpLoop:
                                     "server_label": tool.server_label, "tools": listed})
             for t in listed:
                 self.owner[t["name"]] = tool.server_label
-                self.offered.append(FunctionTool(t["name"], t.get("description"), t["input_schema"]))
+                self.offered.append(FunctionTool(t["name"], _described(t.get("description"), tool),
+                                                 t["input_schema"]))
 
     async def turns(self, items: list[dict[str, Any]]) -> tuple[str, str | None]:
         """Run model turns until one ends the loop; its (status, incomplete reason)."""
@@ -163,3 +164,12 @@ async def run_mcp_response(request: Request, body: ResponseCreateRequest, state:
     if body.keep:
         await shared.store.create(response, items, project(request))
     return JSONResponse(response)
+
+
+def _described(description: str | None, tool) -> str | None:
+    """A listed tool's description as the model reads it: with its server's
+    ``server_description`` (the request's context for that server) after it."""
+    if not tool.server_description:
+        return description
+    about = f"(server {tool.server_label}: {tool.server_description})"
+    return f"{description} {about}" if description else about

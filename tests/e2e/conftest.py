@@ -46,6 +46,40 @@ class Stack:
 
         return secret_channel(address, self.worker_secret)
 
+    def start_gateway(self, **env: str) -> tuple[subprocess.Popen, str]:
+        """Another gateway process on this stack's Redis and workers; (process, base URL) once
+        its ``/ready`` answers 200."""
+        import httpx
+
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
+                                env=dict(os.environ, TANDEM_REDIS_URL=self.redis_url,
+                                         TANDEM_WORKER_SECRET=self.worker_secret, **env),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    return proc, base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+
+    def start_decode_worker(self, worker_id: str, **env: str) -> subprocess.Popen:
+        """Another decode worker on this stack, returned once it is in the registry."""
+        proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", worker_id],
+                                env=dict(os.environ, TANDEM_REDIS_URL=self.redis_url,
+                                         TANDEM_WORKER_SECRET=self.worker_secret,
+                                         TANDEM_KV_CACHE_GB="0.25", **env),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while worker_id not in {w.worker_id for w in self.registry().live("decode")}:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{worker_id} did not register"
+            time.sleep(0.5)
+        return proc
+
     def worker_status(self, role: str):
         """gRPC Status of every live worker of ``role``."""
         from protos.tandem.v1 import worker_pb2 as pb

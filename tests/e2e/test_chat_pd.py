@@ -171,15 +171,8 @@ def test_client_disconnect_aborts_and_frees_kv_everywhere(stack):
 
 
 def test_late_decode_worker_is_discovered_and_used(stack, tmp_path):
-    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25", TANDEM_TEST_HOOKS="1",
-               TANDEM_WORKER_SECRET=stack.worker_secret)
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", "decode-late"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = stack.start_decode_worker("decode-late", TANDEM_TEST_HOOKS="1")
     try:
-        deadline = time.monotonic() + 120
-        while "decode-late" not in {w.worker_id for w in stack.registry().live("decode")}:
-            assert proc.poll() is None and time.monotonic() < deadline, "late decode worker did not register"
-            time.sleep(0.5)
         client = stack.client()
         served = set()
         for i in range(12):     # different conversations: KV affinity spreads them over both workers

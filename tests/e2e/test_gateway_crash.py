@@ -6,40 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 import redis
 
-from tandem.redis_server import free_port
 
 pytestmark = pytest.mark.slow
 BATCH = 8          # the crashing gateway's TANDEM_EVENT_LOG_BATCH
 
 
-def start_gateway(redis_url: str, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
-                            env=dict(os.environ, TANDEM_REDIS_URL=redis_url, **env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-
-
 def test_killing_the_gateway_mid_stream_leaves_a_replayable_log(stack):
-    proc, base = start_gateway(stack.redis_url, TANDEM_EVENT_LOG_BATCH=str(BATCH),
-                               TANDEM_WORKER_SECRET=stack.worker_secret)
+    proc, base = stack.start_gateway(TANDEM_EVENT_LOG_BATCH=str(BATCH))
     received: list[dict] = []
     try:
         body = {"model": "SmolLM2-135M-Instruct", "input": "Tell me a long story.", "stream": True,

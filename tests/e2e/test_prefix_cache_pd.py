@@ -7,9 +7,6 @@ and ``x-tandem-kv-bytes``), and the answer is the one the model gives computing 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -52,15 +49,8 @@ def test_a_follow_up_turn_computes_and_moves_only_its_new_blocks(stack, engine):
 
 
 def test_a_chain_stays_on_its_decode_worker_and_moves_when_that_worker_dies(stack):
-    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_KV_CACHE_GB="0.25",
-               TANDEM_WORKER_SECRET=stack.worker_secret)
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", "decode-aff"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = stack.start_decode_worker("decode-aff")
     try:
-        deadline = time.monotonic() + 120
-        while "decode-aff" not in {w.worker_id for w in stack.registry().live("decode")}:
-            assert proc.poll() is None and time.monotonic() < deadline, "decode worker did not register"
-            time.sleep(0.5)
         time.sleep(1.5)                                   # every gateway view has re-read the registry
         client = stack.client()
         first = None

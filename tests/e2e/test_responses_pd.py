@@ -4,16 +4,12 @@ the official SDK (the session-wide ``tandem up`` of conftest.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 import redis
-from tandem.redis_server import free_port
 from tests.gateway.responses_support import SyncStore
 
 pytestmark = pytest.mark.slow
@@ -218,20 +214,7 @@ def test_stored_records_keep_their_ttl(stack):
 # -- several gateways, one Redis; Redis restarted ---------------------------------------------------
 @pytest.fixture(scope="module")
 def second_gateway(stack):
-    port = free_port()
-    env = dict(os.environ, TANDEM_REDIS_URL=stack.redis_url, TANDEM_WORKER_SECRET=stack.worker_secret)
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, "second gateway did not start"
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    proc, base = stack.start_gateway()
     yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
     proc.terminate()
     proc.wait(30)

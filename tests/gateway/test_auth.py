@@ -10,21 +10,10 @@ import pytest
 
 from gateway.auth import KeyRing, digest, parse_env_keys
 
-from .fakes import FakeBackend, words
-from .responses_support import MODEL, assert_error, gateway, redis_store, reset
+from .fakes import words
+from .responses_support import MODEL, assert_error, gateway, reset
 
 KEY_A, KEY_B = "sk-alpha-0123456789", "sk-bravo-0123456789"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    with redis_store(tmp_path_factory) as store:
-        yield store
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return FakeBackend()
 
 
 @pytest.fixture(scope="module")

@@ -111,3 +111,12 @@ def test_what_is_not_built_yet_is_refused(http, fake, mcp_server, extra, param):
     body = {k: v for k, v in extra.items() if k != "require_approval"}
     r = http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "tools": [tool], **body})
     assert_error(r, 400, param)
+
+
+def test_the_server_description_reaches_the_model(http, fake, mcp_server):
+    fake.script = turns(words("No tool needed."))
+    tool = mcp_tool(mcp_server.url, server_description="A calculator for sums.")
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "tools": [tool]})
+    assert r.status_code == 200, r.text
+    system = fake.prompts[-1][0]["content"]
+    assert "A calculator for sums." in system and "server calc" in system
