@@ -47,25 +47,8 @@ class Stack:
         return secret_channel(address, self.worker_secret)
 
     def start_gateway(self, **env: str) -> tuple[subprocess.Popen, str]:
-        """Another gateway process on this stack's Redis and workers; (process, base URL) once
-        its ``/ready`` answers 200."""
-        import httpx
-
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
-                                env=dict(os.environ, TANDEM_REDIS_URL=self.redis_url,
-                                         TANDEM_WORKER_SECRET=self.worker_secret, **env),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    return proc, base
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        """Another gateway process on this stack's Redis and workers (``start_gateway``)."""
+        return start_gateway(self.redis_url, TANDEM_WORKER_SECRET=self.worker_secret, **env)
 
     def start_decode_worker(self, worker_id: str, **env: str) -> subprocess.Popen:
         """Another decode worker on this stack, returned once it is in the registry."""
@@ -91,6 +74,26 @@ class Stack:
             with self.channel(w.address) as ch:
                 out.append(stub_cls(ch).Status(pb.StatusRequest(), timeout=5))
         return out
+
+
+def start_gateway(redis_url: str, **env: str) -> tuple[subprocess.Popen, str]:
+    """A ``tandem gateway`` process on ``redis_url``; (process, base URL) once ``/ready`` is 200."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
+                            env=dict(os.environ, TANDEM_REDIS_URL=redis_url, **env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
 
 
 def _children(pid: int) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from services.registry import WorkerRegistry
 from tandem.redis_server import EmbeddedRedis
-from tests.e2e.test_gateway_crash import start_gateway
+from tests.e2e.conftest import start_gateway
 
 pytestmark = pytest.mark.slow
 MODEL = "SmolLM2-135M-Instruct"
