@@ -129,7 +129,7 @@ def run(cfg: UpConfig) -> int:
         except KeyboardInterrupt:
             pass
     finally:
-        stop_processes(supervisor.procs)
+        stop_processes(supervisor.close())
         if redis is not None:
             redis.stop()
     return 0
