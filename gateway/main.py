@@ -41,7 +41,8 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     registry_client = metered(settings.redis_url, metrics, **options)
     store_client = metered(settings.redis_url, metrics, **options)
     max_model_len = ModelConfig.from_json(model_dir / "config.json").max_position_embeddings
-    view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s)
+    view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s,
+                        stale_s=settings.registry_stale_s)
     backend = WorkerBackend(view, Tokenizer(model_dir), name, max_model_len,
                             request_timeout_s=settings.request_timeout_s,
                             worker_secret=settings.worker_secret)

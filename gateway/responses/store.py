@@ -95,6 +95,11 @@ class ResponseStore:
     def cancel_channel(self) -> str:
         return f"{self._namespace}:cancels"
 
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis answers."""
+        with self._reachable("ping"):
+            await self._client.ping()
+
     # -- response objects ------------------------------------------------------------------------
     async def create(self, response: dict, input_items: list[dict],
                      project: str = DEFAULT_PROJECT) -> None:
