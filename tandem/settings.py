@@ -117,6 +117,9 @@ class Settings(BaseSettings):
                                                                     "Responses records")
     event_log_batch: int = Field(32, ge=1, le=4096, description="a stored stream's events not "
                                  "yet in Redis, at most (what a gateway crash can lose)")
+    response_lease_s: float = Field(10.0, gt=0, description="a running stored response's lease "
+                                    "(renewed every third of it by the gateway running it); a "
+                                    "reader that finds it expired marks the response failed")
 
     @field_validator("device")
     @classmethod
