@@ -19,6 +19,8 @@ serves only ``store: false`` requests (others get 503).
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from . import health, model_list
@@ -46,7 +48,7 @@ def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore
     ``keys``: the API keys callers must present (default: none, the gateway is open);
     ``limits``: the per-key rate limits (default: none)."""
     app = FastAPI(title="Tandem gateway", summary="OpenAI-compatible API over disaggregated "
-                  "prefill and decode workers")
+                  "prefill and decode workers", lifespan=_lifespan)
     ops = ops or OpsState(GatewayMetrics(backend.model_name))
     app.state.ops = ops
     app.state.gateway = GatewayState(MeteredBackend(backend, ops.metrics), settings)
@@ -64,3 +66,10 @@ def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore
     app.include_router(health.router)
     app.include_router(ops_routes.router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """At shutdown, the runs this replica still has record their end (gateway/responses/lease.py)."""
+    yield
+    await app.state.responses.stop()

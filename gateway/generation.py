@@ -33,7 +33,7 @@ class Generation:
         """``param_names`` maps the engine's field names onto the request's, for refusals."""
         self.request_id = params.request_id
         self._param_names = param_names
-        self.usage = UsageMeter(arrival)
+        self.usage = UsageMeter(arrival, prompt_tokens=len(params.prompt_token_ids))
         self.final: TokenChunk | None = None
         self.transfer: TransferInfo | None = None
         self._timeout_s = timeout_s
@@ -54,8 +54,8 @@ class Generation:
             raise StopAsyncIteration
         chunk = self._first if self._first is not None else await self._next()
         self._first = None
+        self.usage.record(chunk)      # a failed final chunk's counts too: usage so far
         self._check(chunk)
-        self.usage.record(chunk)
         self.transfer = chunk.transfer or self.transfer
         if chunk.finished:
             self.final = chunk

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 
 from tandem.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from .auth import KeyRing
 
 
 def build_app(settings: Settings, model: str = "") -> FastAPI:
@@ -41,7 +48,8 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
     registry_client = metered(settings.redis_url, metrics, **options)
     store_client = metered(settings.redis_url, metrics, **options)
     max_model_len = ModelConfig.from_json(model_dir / "config.json").max_position_embeddings
-    view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s)
+    view = RegistryView(registry_client, refresh_s=settings.registry_refresh_s,
+                        stale_s=settings.registry_stale_s)
     backend = WorkerBackend(view, Tokenizer(model_dir), name, max_model_len,
                             request_timeout_s=settings.request_timeout_s,
                             worker_secret=settings.worker_secret)
@@ -53,15 +61,30 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
         test_hooks=settings.test_hooks, mcp=McpSettings(
             McpSettings.parse_hosts(settings.mcp_allowed_hosts), settings.mcp_call_timeout_s,
             settings.mcp_response_timeout_s, settings.mcp_max_turns))
-    store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds)
+    store = ResponseStore(store_client, ttl_seconds=settings.response_ttl_seconds,
+                          lease_s=settings.response_lease_s)
     ops = OpsState(metrics, view, aioredis.Redis.from_url(settings.redis_url, **options))
     return create_app(backend, gateway_settings, store, event_log_batch=settings.event_log_batch,
                       ops=ops, keys=key_ring(settings), limits=RateLimits(
                           settings.redis_url, settings.rate_limit_requests_per_minute,
-                          settings.rate_limit_tokens_per_minute))
+                          settings.rate_limit_tokens_per_minute, timeout_s=settings.redis_timeout_s))
 
 
-def key_ring(settings: Settings) -> "KeyRing":
+def server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    """uvicorn serving ``app`` (5 s graceful shutdown); a stop signal first marks the replica
+    stopping, so that its stored runs cut by the shutdown record ``failed``, not ``cancelled``."""
+    import uvicorn
+
+    class GatewayServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.responses.stopping()
+            super().handle_exit(sig, frame)
+
+    return GatewayServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                        timeout_graceful_shutdown=5))
+
+
+def key_ring(settings: Settings) -> KeyRing:
     """The API keys of ``TANDEM_API_KEYS`` and ``TANDEM_API_KEYS_FILE`` (none: open)."""
     from .auth import KeyRing, parse_env_keys
 

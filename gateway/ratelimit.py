@@ -11,7 +11,11 @@ Rules:
 - Over a limit: 429 ``rate_limit_exceeded`` with ``Retry-After`` (seconds to the window's end)
   and OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers, which every
   ``/v1/`` answer carries when a limit applies.
-- Redis unreachable: 503 ``store_unavailable``, never an unlimited pass.
+- Redis unreachable or hung: 503 ``store_unavailable``, never an unlimited pass — for the keys a
+  limit applies to (fail closed: a limit Tandem cannot count is not lifted). A key with no limit
+  (the default: ``TANDEM_RATE_LIMIT_*`` 0) never touches Redis, so while Redis is down its
+  unstored requests are served (docs/architecture.md, "Redis down"). Every call is bounded by
+  ``timeout_s`` (``TANDEM_REDIS_TIMEOUT_S``) socket timeouts.
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ class RateLimits:
     """The per-key request and token windows in the Redis at ``redis_url``."""
 
     def __init__(self, redis_url: str, requests_per_minute: int = 0, tokens_per_minute: int = 0,
-                 namespace: str = "tandem"):
+                 namespace: str = "tandem", timeout_s: float = 2.0):
         storage = RedisStorage(f"async+{redis_url}", implementation="redispy",
-                               key_prefix=f"{namespace}:ratelimit", wrap_exceptions=True)
+                               key_prefix=f"{namespace}:ratelimit", wrap_exceptions=True,
+                               socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._limiter = FixedWindowRateLimiter(storage)
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute

@@ -24,7 +24,12 @@ Rules:
   worker never beats again, so it stays out until its entry expires. A worker whose gRPC health
   is not SERVING or does not answer (``WorkerBackend.ready``) is out until its health says
   SERVING again (``set_healthy``), heartbeat or not.
-- The registry unreachable: ``BackendUnavailable`` (a 503), and the next request tries again.
+- The registry unreachable (Redis down or hung): requests keep routing from the last view read
+  while it is younger than ``stale_s`` (``TANDEM_REGISTRY_STALE_S``, 30 s); the gRPC health
+  checks and ``mark_down`` still take failing workers out of it. A read is tried again at most
+  once per ``refresh_s``, and no request waits on one longer than ``READ_WAIT_S`` while the view
+  is usable or reads are failing (a hung Redis would hold it for the socket timeouts). Past ``stale_s`` (or before any read succeeded): ``BackendUnavailable`` (a 503).
+  ``unreachable_for()`` says how long reads have been failing (``/ready`` reports it).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from services.registry import LIVE, WorkerInfo, parse_live, registry_keys
 from .backend import BackendUnavailable
 
 AFFINITY_SLACK = 0.5    # load units (a full batch is 1.0) a preferred worker may be above the least
+READ_WAIT_S = 0.5       # the longest a request waits on a registry read while the last view is usable
 
 
 def affinity_key(messages: list[dict[str, str]]) -> bytes:
@@ -57,31 +63,72 @@ def affinity_key(messages: list[dict[str, str]]) -> bytes:
 
 
 class RegistryView:
-    def __init__(self, client: aioredis.Redis, namespace: str = "tandem", refresh_s: float = 1.0):
+    def __init__(self, client: aioredis.Redis, namespace: str = "tandem", refresh_s: float = 1.0,
+                 stale_s: float = 30.0):
         if refresh_s <= 0:
             raise ValueError(f"refresh_s must be > 0, got {refresh_s}")
+        if stale_s < 0:
+            raise ValueError(f"stale_s must be >= 0, got {stale_s}")
         self._keys = registry_keys(namespace)
         self._live = client.register_script(LIVE)
         self.refresh_s = refresh_s
+        self.stale_s = stale_s
         self._workers: list[WorkerInfo] = []
-        self._read_at = float("-inf")
-        self._reading: asyncio.Future | None = None
+        self._read_at = float("-inf")           # when the last successful read ended
+        self._retry_at = float("-inf")          # no read before this (after a failed one)
+        self._failing_since: float | None = None
+        self._error = "the worker registry has not been read yet"
+        self._reading: asyncio.Task | None = None
+        self._reading_since = 0.0
         self._sent: Counter[str] = Counter()
         self._down: dict[str, tuple[float, float | None]] = {}   # worker_id -> (dropped at, updated_at)
         self._unhealthy: set[str] = set()
 
     async def workers(self) -> list[WorkerInfo]:
-        """The live workers, read from Redis if the view is older than ``refresh_s``."""
-        if time.monotonic() - self._read_at >= self.refresh_s:
+        """The live workers, read from Redis if the view is older than ``refresh_s``; while
+        Redis is unreachable, the last view until it is ``stale_s`` old (module rules)."""
+        now = time.monotonic()
+        if now - self._read_at >= self.refresh_s and now >= self._retry_at:
             if self._reading is None:
-                self._reading = asyncio.ensure_future(self._read())
-            reading = self._reading
-            try:
-                await asyncio.shield(reading)
-            finally:
-                if reading.done() and self._reading is reading:
-                    self._reading = None
+                self._reading, self._reading_since = asyncio.ensure_future(self._read()), now
+                self._reading.add_done_callback(self._read_done)
+            bounded = self._usable() or self.unreachable_for() is not None
+            await asyncio.wait({self._reading}, timeout=READ_WAIT_S if bounded else None)
+        if not self._usable():
+            raise BackendUnavailable(self._unusable())
         return self._workers
+
+    def unreachable_for(self) -> float | None:
+        """Seconds the registry has not answered: since the first of the failing reads, or since
+        a read still unanswered after ``READ_WAIT_S`` started; None while it answers."""
+        now = time.monotonic()
+        if self._failing_since is not None:
+            return now - self._failing_since
+        if self._reading is not None and now - self._reading_since > READ_WAIT_S:
+            return now - self._reading_since
+        return None
+
+    @property
+    def age(self) -> float:
+        """Seconds since the view was last read successfully."""
+        return time.monotonic() - self._read_at
+
+    def _usable(self) -> bool:
+        return self.age < max(self.stale_s, self.refresh_s)
+
+    def _unusable(self) -> str:
+        down = self.unreachable_for()
+        if down is None:
+            return self._error
+        last = "never read" if self._read_at < 0 else f"last read {self.age:.1f} s ago"
+        return (f"worker registry unreachable for {down:.1f} s ({self._error}); the view was "
+                f"{last}, and is used for {self.stale_s:g} s")
+
+    def _read_done(self, reading: asyncio.Task) -> None:
+        if self._reading is reading:
+            self._reading = None
+        if not reading.cancelled():
+            reading.exception()     # retrieved: a failure is recorded in the view, not raised
 
     async def routable(self) -> list[WorkerInfo]:
         """The live workers not marked down or unhealthy."""
@@ -134,8 +181,11 @@ class RegistryView:
         try:
             reply = await self._live(keys=self._keys)
         except redis.RedisError as exc:
-            raise BackendUnavailable(f"worker registry unreachable: {type(exc).__name__}: {exc}") from exc
-        self._workers, self._read_at = parse_live(reply), time.monotonic()
+            self._failing_since = self._failing_since or started
+            self._retry_at = time.monotonic() + self.refresh_s
+            self._error = f"{type(exc).__name__}: {exc}"
+            raise BackendUnavailable(self._unusable()) from exc
+        self._workers, self._read_at, self._failing_since = parse_live(reply), time.monotonic(), None
         self._sent.clear()
         self._forget_republished(started)
 

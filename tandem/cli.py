@@ -118,16 +118,13 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def gateway_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway.main import build_app
+    from gateway.main import build_app, server
 
     s = Settings.from_env()
     if not s.redis_url:
         print("error: tandem gateway needs TANDEM_REDIS_URL (tandem up starts one for you)", file=sys.stderr)
         return 2
-    uvicorn.run(build_app(s, model=args.model), host=args.host, port=args.port,
-                log_level="warning", timeout_graceful_shutdown=5)
+    server(build_app(s, model=args.model), args.host, args.port).run()
     return 0
 
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(5.0, gt=0, description="one /ready check of the workers")
     registry_refresh_s: float = Field(1.0, gt=0, description="how often a gateway re-reads the "
                                                              "worker registry into its view")
+    registry_stale_s: float = Field(30.0, ge=0, description="while Redis is unreachable, a gateway "
+                                    "routes unstored work (Chat, Responses with store false) from "
+                                    "its last registry view until it is this old; then 503")
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of every Redis call")
     sse_keepalive_s: float = Field(15.0, gt=0, description="a keep-alive comment on a stream "
                                                            "idle this long")
@@ -114,6 +117,9 @@ class Settings(BaseSettings):
                                                                     "Responses records")
     event_log_batch: int = Field(32, ge=1, le=4096, description="a stored stream's events not "
                                  "yet in Redis, at most (what a gateway crash can lose)")
+    response_lease_s: float = Field(10.0, gt=0, description="a running stored response's lease "
+                                    "(renewed every third of it by the gateway running it); a "
+                                    "reader that finds it expired marks the response failed")
 
     @field_validator("device")
     @classmethod

@@ -6,12 +6,19 @@ exited is restarted after a delay that doubles with each restart in a row (``bas
 is printed to stderr and counted (``restarts``, per slot and in total). Requests in flight on the
 dead worker end with an error (their gRPC streams break); the gateway stops routing to it when its
 registry entry expires (``TANDEM_HEARTBEAT_TTL_S``), and the new worker announces itself.
+
+Shutdown: ``close()`` ends supervision before the stack stops its processes. A tick and ``close``
+take one lock, so a restart in progress finishes first and its new process is among those
+``close`` returns (to be stopped); after it, nothing is restarted — a worker that dies while the
+stack shuts down (Ctrl-C reaches the workers too) stays down. Backoff is a time to restart at,
+never a sleep, so nothing waits on it.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -34,6 +41,8 @@ class Supervisor:
         self.spawn = spawn
         self.slots = slots
         self.base_s, self.max_s, self.stable_s = base_s, max_s, stable_s
+        self._lock = threading.Lock()
+        self.closed = False
 
     @property
     def procs(self) -> list[subprocess.Popen]:
@@ -43,8 +52,19 @@ class Supervisor:
     def restarts(self) -> int:
         return sum(s.restarts for s in self.slots)
 
+    def close(self) -> list[subprocess.Popen]:
+        """Stop supervising (no restart after this returns); the processes to stop."""
+        with self._lock:
+            self.closed = True
+            return self.procs
+
     def tick(self) -> None:
-        """Notice exited workers and restart those whose backoff has passed."""
+        """Notice exited workers and restart those whose backoff has passed (not once closed)."""
+        with self._lock:
+            if not self.closed:
+                self._tick()
+
+    def _tick(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
             if slot.proc.poll() is None:

@@ -89,9 +89,7 @@ def worker_cores(pin: bool) -> tuple[int | None, int | None]:
 
 
 def run(cfg: UpConfig) -> int:
-    import uvicorn
-
-    from gateway.main import access_line, build_app
+    from gateway.main import access_line, build_app, server as gateway_server
     from tandem.settings import Settings
 
     started = time.monotonic()
@@ -116,8 +114,7 @@ def run(cfg: UpConfig) -> int:
                                                           "worker_secret": cfg.worker_secret})
         app = build_app(settings, model=cfg.model)
         print(f"tandem up: {access_line(settings)}", flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                               timeout_graceful_shutdown=5))
+        server = gateway_server(app, cfg.host, cfg.port)
         timing = (started, stages)
         threading.Thread(target=_announce_when_ready,
                          args=(cfg, supervisor, server, redis_url, redis, timing), daemon=True).start()
@@ -129,7 +126,7 @@ def run(cfg: UpConfig) -> int:
         except KeyboardInterrupt:
             pass
     finally:
-        stop_processes(supervisor.procs)
+        stop_processes(supervisor.close())
         if redis is not None:
             redis.stop()
     return 0

@@ -22,12 +22,19 @@ Failing workers: a call that ends UNAVAILABLE marks the worker at fault down in 
 each); one that is not SERVING or does not answer is out of routing until it is SERVING again
 (``RegistryView.set_healthy``), and the gateway is ready only while a SERVING prefill and decode worker (or colocated
 one) remain.
+
+Channels: one gRPC channel per worker address, made on first use. A channel to an address that
+is no longer in the registry view is closed and forgotten (``_forget_gone``, at each ``ready``
+and each request) once no call of this gateway is in flight on it; ``in_flight`` counts those
+calls per address and holds no entry for an idle one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import Counter
 from typing import AsyncIterator
 
 import grpc
@@ -58,6 +65,13 @@ class WorkerBackend:
         self.max_model_len = max_model_len
         self.request_timeout_s = request_timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.in_flight: Counter[str] = Counter()     # address -> Generate calls running on it
+        self._closing: set[asyncio.Task] = set()
+
+    @property
+    def channels(self) -> set[str]:
+        """The addresses this gateway holds a channel to."""
+        return set(self._channels)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         return self.tokenizer.apply_chat_template(messages)
@@ -67,6 +81,7 @@ class WorkerBackend:
             workers = await self.view.workers()
         except BackendUnavailable as e:  # Redis down: not ready, and say why
             return False, str(e)
+        self._forget_gone(workers)
         serving = await asyncio.gather(*(self._serving(w) for w in workers))
         for worker, ok in zip(workers, serving):
             self.view.set_healthy(worker.worker_id, ok)
@@ -88,9 +103,11 @@ class WorkerBackend:
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
         """Run ``params`` on a routed pair; if a worker fails (UNAVAILABLE) before the first token,
         run it once more on the pair routed without it. Never after the first token."""
+        self._forget_gone(await self.view.workers())
         try:
-            async for chunk in self._attempt(params, *await self.view.route(params.affinity)):
-                yield chunk
+            async with contextlib.aclosing(self._attempt(params, *await self.view.route(params.affinity))) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             return
         except _WorkerDown as e:
             first = e
@@ -98,11 +115,24 @@ class WorkerBackend:
             route = await self.view.route(params.affinity)
         except BackendUnavailable:
             raise first from None
-        async for chunk in self._attempt(params, *route):
-            yield chunk
+        async with contextlib.aclosing(self._attempt(params, *route)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _attempt(self, params: GenerateParams, decode: WorkerInfo,
                        prefill: WorkerInfo | None) -> AsyncIterator[TokenChunk]:
+        self.in_flight[decode.address] += 1
+        try:
+            async with contextlib.aclosing(self._call(params, decode, prefill)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.in_flight[decode.address] -= 1
+            if not self.in_flight[decode.address]:
+                del self.in_flight[decode.address]
+
+    async def _call(self, params: GenerateParams, decode: WorkerInfo,
+                    prefill: WorkerInfo | None) -> AsyncIterator[TokenChunk]:
         call = self._stub(decode.address).Generate(pb.GenerateRequest(
             request_id=params.request_id, prompt_token_ids=params.prompt_token_ids,
             sampling=wire.sampling_to_proto(params.sampling), prefill_address=prefill.address if prefill else "",
@@ -137,6 +167,14 @@ class WorkerBackend:
         else:
             return False
         return True
+
+    def _forget_gone(self, workers: list[WorkerInfo]) -> None:
+        """Close the channels to addresses no live worker has, unless a call runs on one."""
+        live = {w.address for w in workers}
+        for address in [a for a in self._channels if a not in live and not self.in_flight[a]]:
+            task = asyncio.ensure_future(self._channels.pop(address).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:

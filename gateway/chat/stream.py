@@ -5,7 +5,8 @@ whole text so far, when ``fullTextEnabled``); for each tool call, one chunk with
 ``id``, ``type`` and whole name, then chunks of argument pieces only; a chunk with ``finish_reason``; with
 ``stream_options.include_usage`` a chunk with ``choices: []`` and the usage; then ``data: [DONE]``.
 A failure after the stream has started ends it with ``data: {"error": {...}}`` (the OpenAI SDK
-raises ``APIError`` on it) and then ``[DONE]``.
+raises ``APIError`` on it) and then ``[DONE]``; with ``include_usage``, the usage chunk of the
+tokens made so far comes just before the error (the SDK stops at the error, so not after it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class ChunkWriter:
 
 async def chat_events(generation: Generation, writer: ChunkWriter, output: ToolOutput) -> AsyncIterator[Event]:
     """The SSE body of a started ``generation``; closes it however the stream ends."""
+    failure: APIError | None = None
     try:
         yield writer.role()
         try:
@@ -89,10 +91,14 @@ async def chat_events(generation: Generation, writer: ChunkWriter, output: ToolO
             if writer.include_usage:
                 yield writer.usage(generation.usage.to_dict())
         except APIError as err:
-            yield writer.error(err)
+            failure = err
         except Exception:
             log.exception("request %s: stream failed", generation.request_id)
-            yield writer.error(APIError.internal())
+            failure = APIError.internal()
+        if failure is not None:
+            if writer.include_usage:
+                yield writer.usage(generation.usage.to_dict())
+            yield writer.error(failure)
         yield DONE
     finally:
         await generation.aclose()

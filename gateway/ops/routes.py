@@ -4,6 +4,10 @@ Both are operator endpoints: they show worker ids and addresses, which API clien
 elsewhere, so deployments should keep them off the public path (deploy/k8s/README.md). Neither
 can fail because Redis or the registry is down: ``/metrics`` keeps the last worker counts, and
 ``/status`` says what it could not reach. Each Redis look-up is bounded by ``LOOKUP_TIMEOUT_S``.
+
+``GET /debug/state`` (only with ``TANDEM_TEST_HOOKS``; else 404) counts the per-request state this
+process holds — asyncio tasks, background runs, leases, calls in flight per worker, channels — so
+a test can check that none of it outlives its request.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..errors import APIError
 from . import OpsState, status_page
 
 router = APIRouter(include_in_schema=False)
@@ -39,6 +44,23 @@ async def status(request: Request) -> HTMLResponse:
     page = status_page.render(ops.metrics.model_name, time.monotonic() - ops.started, workers, error,
                               ops.metrics.recent.stats(), redis)
     return HTMLResponse(page, headers={"cache-control": "no-store"})
+
+
+@router.get("/debug/state")
+async def debug_state(request: Request) -> JSONResponse:
+    gateway, responses = request.app.state.gateway, request.app.state.responses
+    if not gateway.settings.test_hooks:
+        raise APIError(404, "Not found.", type="invalid_request_error", code="not_found")
+    runs, spawned = responses.tasks.running
+    backend = gateway.backend
+    return JSONResponse({
+        "asyncio_tasks": len(asyncio.all_tasks()),
+        "background_runs": runs,
+        "response_tasks": spawned,
+        "leases": responses.leases.held,
+        "calls_in_flight": dict(getattr(backend, "in_flight", {})),
+        "channels": sorted(getattr(backend, "channels", ())),
+    })
 
 
 async def _workers(ops: OpsState) -> tuple[list, str]:

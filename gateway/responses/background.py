@@ -25,6 +25,7 @@ from .store import ResponseStore
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_S = 0.5
+SHUTDOWN_S = 5.0        # a stopping replica's wait for its runs to record their end
 
 
 class ResponseTasks:
@@ -53,6 +54,20 @@ class ResponseTasks:
         self._runs.pop(run.response_id, None)
         if task.cancelled():    # before it ever ran: nothing else closes the run, records the cancel
             self.spawn(run.abandon())
+
+    @property
+    def running(self) -> tuple[int, int]:
+        """Background runs of this replica, and tasks of any kind it still references."""
+        return len(self._runs), len(self._tasks)
+
+    async def shutdown(self) -> None:
+        """Cancel every local run and wait (up to ``SHUTDOWN_S``) for all tasks to end, so that
+        each run records its end (``failed``: its replica is stopping)."""
+        for task in list(self._runs.values()):
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_S
+        while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
 
     def cancel_local(self, response_id: str) -> bool:
         """Cancel the run if this process runs it; False if it does not."""

@@ -87,8 +87,7 @@ def usage_body(meter: UsageMeter, input_tokens: int) -> dict[str, Any]:
     token, so its length is ``output_tokens - 1`` (for a response that ended early, the tokens that
     arrived).
     """
-    arrived = (meter.prefill_time is not None) + len(meter.decode_time_arr)
-    output_tokens = meter.completion_tokens or arrived
+    output_tokens = meter.output_tokens
     input_tokens = meter.prompt_tokens or input_tokens
     return {
         "input_tokens": input_tokens,

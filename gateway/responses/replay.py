@@ -13,7 +13,9 @@ When to stop:
   (a cancelled response has no terminal event);
 - when the record says finished but its terminal event does not come within ``GRACE_S`` (the
   running replica logs the closing events just before it saves the record, so this is rare);
-- when nothing at all happens for ``idle_timeout_s`` (the replica running it died), or the store
+- a running record whose runner's lease is gone (lease.py) is set ``failed`` with a
+  ``response.failed`` event when the status is read: the follower then reads that event and ends;
+- when nothing at all happens for ``idle_timeout_s``, or the store
   becomes unreachable: then one ``error`` event says so (reference §2.6: a ``type: "error"``
   event, never a top-level ``error`` key, which the SDK would raise on).
 """
@@ -26,7 +28,7 @@ from typing import Any, AsyncIterator
 from ..errors import APIError
 from .events import TERMINAL_TYPES
 from .object import ACTIVE
-from .store import ResponseStore
+from .store import ORPHANED, ResponseStore
 
 BLOCK_MS = 500
 GRACE_S = 1.0
@@ -68,7 +70,11 @@ async def follow(store: ResponseStore, response_id: str, after: int, *,
 
 
 async def _status(store: ResponseStore, response_id: str) -> str | None:
+    """The record's status; a running one whose runner is gone becomes ``failed`` (its
+    ``response.failed`` event is then the next one to read)."""
     response = await store.get(response_id)
+    if response is not None and response["status"] in ACTIVE:
+        response = await store.fail_orphan(response_id, ORPHANED)
     return None if response is None else response["status"]
 
 

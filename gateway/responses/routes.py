@@ -80,7 +80,7 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     run = ResponseRun(generation, builder, shared.store if body.keep else None,
                       log=EventLog(shared.store, response_id, shared.event_log_batch) if logged else None,
                       input_tokens=len(prompt.token_ids), spawn=shared.tasks.spawn,
-                      parse_calls=constraints.parse_calls)
+                      parse_calls=constraints.parse_calls, leases=shared.leases)
     if body.background:
         return await start_background(request, run, items, body, shared, settings)
     return await run_foreground(request, run, items, body, settings)

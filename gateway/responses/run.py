@@ -17,7 +17,10 @@ Life of a ``ResponseRun`` (the same for plain, streamed and background responses
 
 Ownership: the run owns its Generation and closes it however it ends (closing aborts the request on
 the workers and frees its KV). A run stopped from outside (client gone, background cancel) records
-``cancelled``; that save runs as its own task, so a cancelled caller cannot interrupt it.
+``cancelled`` — or ``failed`` with a ``response.failed`` event when its replica is stopping
+(lease.py); that save runs as its own task, so a cancelled caller cannot interrupt it. A stored
+run holds its replica's lease on the record from ``create_record`` until its final save (or
+until it is dropped), so another replica can tell a live run from an orphan (lease.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..tools.calls import ToolOutput
 from ..tools.parser import ArgumentsDelta, CallClosed, CallOpened, TextDelta
 from .event_log import EventLog
 from .events import ResponseEvents
+from .lease import STOPPED, Leases
 from .object import usage_body
 from .store import ResponseStore, StoreUnavailable
 
@@ -44,9 +48,10 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 class ResponseRun:
     def __init__(self, generation: Generation, builder: ResponseEvents,
                  store: ResponseStore | None, *, log: EventLog | None, input_tokens: int,
-                 spawn: Spawn, parse_calls: bool = False):
+                 spawn: Spawn, parse_calls: bool = False, leases: Leases | None = None):
         """``store=None``: not stored (store=false); ``log``: the event log, if the response
-        keeps one. ``spawn`` runs a coroutine as its own task."""
+        keeps one. ``spawn`` runs a coroutine as its own task; ``leases``: this replica's, for a
+        stored run."""
         self.generation = generation
         self.builder = builder
         self.store = store
@@ -54,6 +59,7 @@ class ResponseRun:
         self.input_tokens = input_tokens
         self.output = ToolOutput(parse=parse_calls)      # text and tool calls (gateway/tools)
         self._spawn = spawn
+        self.leases = leases if store is not None else None
         self._started = False
         self._ended = False                     # events() has run to its end (or was stopped)
         self.error: APIError | None = None      # why the response failed, if it did
@@ -73,7 +79,10 @@ class ResponseRun:
     async def create_record(self, items: list[dict[str, Any]], project: str) -> None:
         """Store the response as ``project``'s (the caller's API key's)."""
         if self.store is not None:
-            await self.store.create(self.response, items, project)
+            owner = self.leases.owner if self.leases is not None else None
+            await self.store.create(self.response, items, project, lease=owner)
+            if self.leases is not None:
+                self.leases.hold(self.response_id)
 
     async def discard_record(self) -> None:
         """Drop the record of a run that failed before its first token (best effort)."""
@@ -83,6 +92,7 @@ class ResponseRun:
             except APIError as err:
                 log.warning("response %s: could not drop its record: %s", self.response_id,
                             err.message)
+            self._release()
 
     async def events(self, *, to_client: bool) -> AsyncIterator[dict[str, Any]]:
         """Every event of the response; ``to_client``: a failed final save becomes ``failed``."""
@@ -111,8 +121,10 @@ class ResponseRun:
         finally:
             self._ended = True
             await self.generation.aclose()
-            if self.log is not None and not stopped:
-                await self.log.close()
+            if not stopped:
+                self._release()
+                if self.log is not None:
+                    await self.log.close()
         for event in closing:
             yield event
 
@@ -182,11 +194,18 @@ class ResponseRun:
         return closing
 
     async def _cancelled(self) -> None:
-        """Record a run stopped from outside as ``cancelled`` (runs as its own task): what it
-        logged goes to Redis first (bounded by the socket timeouts), then the record."""
-        self.builder.finish("cancelled", usage_body(self.generation.usage, self.input_tokens))
+        """Record a run stopped from outside as ``cancelled`` (runs as its own task), or as
+        ``failed`` if its replica is stopping: what it logged (and a ``response.failed``) goes to
+        Redis first (bounded by the socket timeouts), then the record."""
+        usage = usage_body(self.generation.usage, self.input_tokens)
+        if self.leases is not None and self.leases.stopping:
+            self.builder.finish("failed", usage, error=STOPPED)
+        else:
+            self.builder.finish("cancelled", usage)
         try:
             if self.log is not None:
+                for event in self.builder.closing():
+                    self.log.append(event)
                 with contextlib.suppress(APIError):
                     await self.log.flush()
                 await self.log.close()
@@ -210,5 +229,13 @@ class ResponseRun:
             raise self.log.error
 
     async def _save(self) -> None:
-        if self.store is not None and not await self.store.update(self.response):
-            log.info("response %s was deleted while it ran; not saved", self.response_id)
+        try:
+            if self.store is not None and not await self.store.update(self.response):
+                log.info("response %s was deleted or ended elsewhere while it ran; not saved",
+                         self.response_id)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.leases is not None:
+            self.leases.release(self.response_id)

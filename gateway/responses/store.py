@@ -9,6 +9,7 @@ Rules:
       tandem:resp:{resp_x}:cancel   present once a cancel was requested
       tandem:resp:{resp_x}:owner    the project that created it (gateway/auth.py); a record
                                     without one belongs to project ``default``
+      tandem:resp:{resp_x}:lease    present while a replica runs it (its owner id; ``lease_s``)
       tandem:cancels                pub/sub channel: the id of every response whose cancel was asked
 
   The braces are literal: a Redis Cluster hash tag, so one response's keys share a slot and the
@@ -26,6 +27,15 @@ Rules:
   (``block_ms``: XREAD BLOCK, in slices shorter than the socket timeout).
 - Ids are checked against ``resp_[A-Za-z0-9_-]`` before they reach a key. A malformed id reads as
   "not found" (None, [], False); writing one is a caller bug and raises ValueError.
+- Leases (gateway/responses/lease.py): ``create`` of a running record (``queued`` /
+  ``in_progress``) sets the lease of the replica that will run it, which renews it every
+  ``lease_s / 3`` (``renew_leases``). ``update`` is a check-and-set: it writes only while the
+  stored record is still running (one Lua call), and its final write drops the lease. So a runner
+  whose response was declared failed (``fail_orphan``) cannot bring it back.
+- ``fail_orphan``: a running record whose lease is gone (its replica died) is set ``failed`` and a
+  ``response.failed`` event is appended at the next sequence number, in one WATCH/MULTI
+  transaction over the record, its lease and its events (a renewal or an append in between makes
+  it look again).
 - Values are JSON, never pickle. ``create`` replaces any record with the same id (ids are random)
   and drops its old events and cancel flag.
 - Redis unreachable, timing out or still loading its AOF raises ``StoreUnavailable``: an
@@ -48,6 +58,10 @@ import redis.asyncio as aioredis
 
 from ..auth import DEFAULT_PROJECT
 from ..errors import APIError
+from .object import ACTIVE
+
+ORPHANED = ("The gateway running this response stopped before it finished (its lease expired); "
+            "the response did not complete.")
 
 _ID = re.compile(r"resp_[A-Za-z0-9_-]{1,200}")
 _NAMESPACE = re.compile(r"[\w.@:-]+")  # no glob characters
@@ -67,6 +81,18 @@ if redis.call('PTTL', KEYS[1]) == -1 then
 end
 """
 
+# KEYS: response, lease. ARGV: the new response JSON, "1" to drop the lease (a final write).
+# 1: written; 0: no record; -1: the stored record has ended already (nothing written).
+_UPDATE_ACTIVE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local status = cjson.decode(current)['status']
+if status ~= 'queued' and status ~= 'in_progress' then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
 
 class StoreUnavailable(APIError):
     """Redis could not be reached: a 503 ``store_unavailable`` (never 404, never a fake success)."""
@@ -80,26 +106,35 @@ class ResponseStore:
     """Responses, input items, event logs and cancels of one namespace, shared by all replicas."""
 
     def __init__(self, client: aioredis.Redis | None, namespace: str = "tandem",
-                 ttl_seconds: int = 30 * 86400) -> None:
+                 ttl_seconds: int = 30 * 86400, lease_s: float = 10.0) -> None:
         if not _NAMESPACE.fullmatch(namespace):
             raise ValueError(f"namespace must match {_NAMESPACE.pattern}, got {namespace!r}")
         if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
             raise ValueError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
         self._client = client
+        self.lease_s = lease_s
         self._namespace = namespace
         self.ttl_seconds = ttl_seconds
         self._append = client.register_script(_APPEND) if client is not None else None
+        self._update = client.register_script(_UPDATE_ACTIVE) if client is not None else None
         self._block_slice_ms = _block_slice_ms(client)
 
     @property
     def cancel_channel(self) -> str:
         return f"{self._namespace}:cancels"
 
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis answers."""
+        with self._reachable("ping"):
+            await self._client.ping()
+
     # -- response objects ------------------------------------------------------------------------
     async def create(self, response: dict, input_items: list[dict],
-                     project: str = DEFAULT_PROJECT) -> None:
+                     project: str = DEFAULT_PROJECT, lease: str | None = None) -> None:
         """Store a new response of ``project`` and its full input item list, all expiring in
-        ``ttl_seconds``."""
+        ``ttl_seconds``; ``lease``: the id of the replica that will run it (a running record)."""
         key = self._write_key(_response_id(response))
         items = _json_list(input_items)
         if not isinstance(project, str) or not project:
@@ -109,16 +144,69 @@ class ResponseStore:
                 pipe.set(key, _dumps(response), ex=self.ttl_seconds)
                 pipe.set(f"{key}:items", items, ex=self.ttl_seconds)
                 pipe.set(f"{key}:owner", project, ex=self.ttl_seconds)
-                pipe.delete(f"{key}:events", f"{key}:cancel")
+                pipe.delete(f"{key}:events", f"{key}:cancel", f"{key}:lease")
+                if lease is not None:
+                    pipe.set(f"{key}:lease", lease, px=self._lease_ms)
                 await pipe.execute()
 
     async def update(self, response: dict) -> bool:
-        """Replace a stored response, keeping its remaining TTL; False if it no longer exists."""
+        """Replace a stored response that is still running, keeping its remaining TTL (a final
+        status drops its lease); False if it no longer exists or has ended already (it stays as
+        it is: a runner declared failed cannot bring its response back)."""
         key = self._key(_response_id(response))
         if key is None:
             return False
+        final = "0" if response.get("status") in ACTIVE else "1"
         with self._reachable("update"):
-            return bool(await self._client.set(key, _dumps(response), xx=True, keepttl=True))
+            return await self._update(keys=[key, f"{key}:lease"], args=[_dumps(response), final]) == 1
+
+    # -- leases ----------------------------------------------------------------------------------
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease_s * 1000))
+
+    async def renew_leases(self, response_ids: list[str], owner: str) -> None:
+        """Extend ``owner``'s leases on ``response_ids`` by ``lease_s`` (one round trip)."""
+        keys = [f"{self._write_key(response_id)}:lease" for response_id in response_ids]
+        with self._reachable("renew_leases"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, owner, px=self._lease_ms)
+                await pipe.execute()
+
+    async def fail_orphan(self, response_id: str, message: str) -> dict | None:
+        """The response as it stands; one still running whose lease is gone is set ``failed``
+        first (``message``), with a ``response.failed`` event after its last logged event."""
+        key = self._key(response_id)
+        if key is None:
+            return None
+        with self._reachable("fail_orphan"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        return await self._fail_if_orphaned(pipe, key, message)
+                    except redis.exceptions.WatchError:
+                        continue     # renewed, appended or ended meanwhile: look again
+
+    async def _fail_if_orphaned(self, pipe, key: str, message: str) -> dict | None:
+        await pipe.watch(key, f"{key}:lease", f"{key}:events")
+        raw, leased = await pipe.get(key), await pipe.exists(f"{key}:lease")
+        response = None if raw is None else json.loads(raw)
+        if response is None or response["status"] not in ACTIVE or leased:
+            await pipe.unwatch()
+            return response
+        last = await pipe.xrevrange(f"{key}:events", count=1)
+        seq = int(_text(last[0][0]).split("-")[1]) if last else 0     # entry 0-(n+1) is event n
+        ttl_ms = await pipe.pttl(key)
+        response = {**response, "status": "failed", "completed_at": None,
+                    "error": {"code": "server_error", "message": message}}
+        pipe.multi()
+        pipe.set(key, _dumps(response), xx=True, keepttl=True)
+        pipe.xadd(f"{key}:events", {_FIELD: _dumps({"type": "response.failed", "sequence_number": seq,
+                                                    "response": response})}, id=_entry_id(seq))
+        pipe.pexpire(f"{key}:events", ttl_ms if ttl_ms > 0 else self.ttl_seconds * 1000)
+        await pipe.execute()
+        return response
 
     async def get(self, response_id: str) -> dict | None:
         return await self._get_json(response_id, "", "get")
@@ -146,7 +234,8 @@ class ResponseStore:
         with self._reachable("delete"):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
-                pipe.delete(f"{key}:items", f"{key}:events", f"{key}:cancel", f"{key}:owner")
+                pipe.delete(f"{key}:items", f"{key}:events", f"{key}:cancel", f"{key}:owner",
+                            f"{key}:lease")
                 existed, _ = await pipe.execute()
         return existed == 1
 
@@ -279,6 +368,10 @@ def _block_slice_ms(client: aioredis.Redis | None) -> int:
     return 60_000 if timeout is None else max(1, int(timeout * 500))
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _entry_id(sequence_number: int) -> str:
     """The stream entry id of an event: ids start at 0-1, sequence numbers at 0."""
     return f"0-{sequence_number + 1}"
@@ -333,8 +426,14 @@ def not_found(response_id: str, param: str) -> APIError:
 async def fetch(store: ResponseStore, response_id: str, param: str = "response_id",
                 project: str = DEFAULT_PROJECT) -> dict:
     """The stored response of ``project``; 400 for a malformed id, 404 if it is missing, expired,
-    deleted or another project's."""
-    return await _fetch_owned(store, response_id, "", param, project)
+    deleted or another project's. A running one whose runner's lease is gone is ``failed`` first
+    (``fail_orphan``)."""
+    response = await _fetch_owned(store, response_id, "", param, project)
+    if response["status"] in ACTIVE:
+        response = await store.fail_orphan(response_id, ORPHANED)
+        if response is None:
+            raise not_found(response_id, param)
+    return response
 
 
 async def fetch_items(store: ResponseStore, response_id: str, param: str = "response_id",

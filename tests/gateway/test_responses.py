@@ -115,6 +115,7 @@ def test_worker_failure_mid_stream_ends_with_response_failed(http, fake, store):
     assert "decode worker lost" in final["error"]["message"]
     assert events[-2]["item"]["status"] == "incomplete"
     assert store.get(final["id"])["status"] == "failed"
+    assert final["usage"]["output_tokens"] == 2 and final["usage"]["input_tokens"] > 0   # so far
     assert wait_until(lambda: len(fake.closed) == 1)
 
 

@@ -249,14 +249,33 @@ def test_two_replicas_share_state(backend, store, base_url, fake):
 
 
 
-def test_a_response_whose_replica_died(backend, store, monkeypatch):
-    """Its record says in_progress forever: followers give up with an error event, and a cancel
-    ends the record itself once no runner answers."""
+def _orphan(store, **create) -> dict:
     body = ResponseCreateRequest.model_validate({"model": MODEL, "input": "Hi", "background": True})
     response = new_response(f"resp_orphan{time.time_ns()}", body, MODEL, "in_progress")
-    store.create(response, [])
+    store.create(response, [], **create)
     store.append_event(response["id"], {"type": "response.created", "sequence_number": 0,
                                         "response": response})
+    return response
+
+
+def test_a_response_whose_replica_died(backend, store):
+    """No lease (its replica is gone): a follower ends with ``response.failed`` at the next
+    sequence number, and the record says ``failed``, for every reader (lease.py)."""
+    response = _orphan(store)
+    with gateway(reset(backend), store, request_timeout_s=0.5) as url:
+        client = sdk(url)
+        events = list(client.responses.retrieve(response["id"], stream=True))
+        assert [e.type for e in events] == ["response.created", "response.failed"]
+        assert events[1].sequence_number == 1 and "stopped before it finished" in events[1].response.error.message
+        assert client.responses.retrieve(response["id"]).status == "failed"
+        assert client.responses.cancel(response["id"]).status == "failed"    # ended: unchanged
+    assert store.get(response["id"])["status"] == "failed"
+
+
+def test_a_response_whose_leased_replica_is_silent(backend, store, monkeypatch):
+    """A live lease but no progress (a hung replica): followers give up with an error event, and
+    a cancel ends the record itself once no runner answers."""
+    response = _orphan(store, lease="gw_hung")
     monkeypatch.setattr(stored, "CANCEL_WAIT_S", 0.3)
     with gateway(reset(backend), store, request_timeout_s=0.5) as url:
         client = sdk(url)

@@ -1,6 +1,8 @@
 """Worker choice over a real Redis registry: the gateway's view, its refresh, and least-loaded."""
 
 import asyncio
+import os
+import signal
 from collections import Counter
 
 import pytest
@@ -102,6 +104,47 @@ async def test_an_unreachable_registry_is_backend_unavailable():
     v = RegistryView(aioredis.Redis(port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2))
     with pytest.raises(BackendUnavailable, match="registry unreachable"):
         await v.route()
+
+
+async def test_a_down_registry_routes_from_the_last_view_until_it_is_stale(tmp_path):
+    with EmbeddedRedis(tmp_path / "redis") as own:
+        registry = WorkerRegistry(own.client(timeout=0.5))
+        registry.publish(worker("d0"))
+        registry.publish(worker("p0", role="prefill"))
+        v = RegistryView(aioredis.Redis.from_url(own.url, socket_timeout=0.3), refresh_s=0.2,
+                         stale_s=1.0)
+        assert [w.worker_id for w in await v.route()] == ["d0", "p0"] and v.unreachable_for() is None
+        own.stop()
+        await asyncio.sleep(0.25)
+        assert [w.worker_id for w in await v.route()] == ["d0", "p0"]     # from the last view
+        assert v.unreachable_for() is not None
+        await asyncio.sleep(1.0)
+        with pytest.raises(BackendUnavailable, match="registry unreachable for .* used for 1 s"):
+            await v.route()
+        own.start()
+        await asyncio.sleep(0.25)
+        registry.publish(worker("d0"))
+        registry.publish(worker("p0", role="prefill"))
+        assert [w.worker_id for w in await v.route()] == ["d0", "p0"] and v.unreachable_for() is None
+
+
+async def test_a_hung_registry_delays_no_request_longer_than_one_refresh(tmp_path):
+    with EmbeddedRedis(tmp_path / "redis") as own:
+        registry = WorkerRegistry(own.client(timeout=0.5))
+        registry.publish(worker("d0"))
+        v = RegistryView(aioredis.Redis.from_url(own.url, socket_timeout=3), refresh_s=0.2,
+                         stale_s=10.0)
+        await v.workers()
+        os.kill(own.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.25)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            results = await asyncio.gather(*(v.workers() for _ in range(10)))
+            assert loop.time() - start < 1.5      # READ_WAIT_S (0.5 s), not the 3 s socket timeout
+            assert all([w.worker_id for w in r] == ["d0"] for r in results)
+        finally:
+            os.kill(own.pid, signal.SIGCONT)
 
 
 def conversation(opening: str, *later: str) -> list[dict[str, str]]:

@@ -193,3 +193,25 @@ async def test_nothing_is_retried_after_the_first_token(backend):
     servicer.registry.publish(replace(d0, worker_id="d1"))
     chunks = await collect(b, FAIL_AFTER_ONE)
     assert chunks[-1].finish_reason == "error" and servicer.calls == 1
+
+
+async def test_channels_to_workers_that_left_are_closed_once_idle(backend):
+    b, servicer = backend
+    [d0] = [w for w in servicer.registry.live() if w.worker_id == "d0"]
+    await collect(b, OK)
+    servicer.registry.publish(replace(d0, worker_id="d9", address="127.0.0.1:1"))  # nobody serves it
+    await asyncio.sleep(b.view.refresh_s)
+    await b.ready()
+    assert b.channels == {d0.address, "127.0.0.1:1"}
+    servicer.registry.remove("d9")
+    hanging = b.generate(params(HANG))
+    assert (await anext(hanging)).text == "a" and b.in_flight == {d0.address: 1}
+    servicer.registry.remove("d0")                    # both leave while a call runs on their channel
+    servicer.registry.remove("p0")
+    await asyncio.sleep(b.view.refresh_s)
+    await b.ready()
+    assert b.channels == {d0.address}                 # the idle one is gone, the busy one kept
+    await hanging.aclose()
+    assert not b.in_flight
+    await b.ready()
+    assert b.channels == set()

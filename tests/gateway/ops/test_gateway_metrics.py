@@ -162,3 +162,13 @@ def test_percentiles_are_nearest_rank():
     assert percentiles([]) == {}
     assert percentiles([float(i) for i in range(1, 101)]) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
     assert percentiles([3.0]) == {"p50": 3.0, "p90": 3.0, "p99": 3.0}
+
+
+def test_debug_state_is_served_only_with_test_hooks():
+    backend = FakeBackend()
+    with serve(create_app(backend, GatewaySettings(served_model_name="m"))) as url:
+        assert httpx.get(f"{url}/debug/state").status_code == 404
+    with serve(create_app(backend, GatewaySettings(served_model_name="m", test_hooks=True))) as url:
+        state = httpx.get(f"{url}/debug/state").json()
+    assert (state["background_runs"], state["response_tasks"], state["leases"]) == (0, 0, 0)
+    assert state["asyncio_tasks"] >= 1 and state["calls_in_flight"] == {} and state["channels"] == []

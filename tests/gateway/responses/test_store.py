@@ -54,7 +54,7 @@ def ttl(client, rid=RID, suffix=""):
     return client.ttl(f"tandem:resp:{{{rid}}}{suffix}")
 
 
-def response(rid=RID, status="completed", text="hi"):
+def response(rid=RID, status="in_progress", text="hi"):
     message = {"id": "msg_1", "type": "message", "content": [{"type": "output_text", "text": text}]}
     return {"id": rid, "object": "response", "status": status, "output": [message]}
 
@@ -372,3 +372,47 @@ async def test_other_client_protocols_and_decoding(server, protocol, decode):
         assert await store.events_after(RID, 1, block_ms=50) == []
     finally:
         await client.aclose()
+
+
+# -- leases (gateway/responses/lease.py) ------------------------------------------------------------
+async def test_a_running_record_without_a_live_lease_is_failed_once_with_an_event(client, server):
+    store = ResponseStore(async_client(server), ttl_seconds=100, lease_s=0.2)
+    await store.create(response(status="in_progress"), ITEMS, lease="gw_a")
+    await store.append_events(RID, [event(0), event(1)])
+    assert (await store.fail_orphan(RID, "gone"))["status"] == "in_progress"   # leased: untouched
+    await asyncio.sleep(0.3)
+    failed = await store.fail_orphan(RID, "gone")
+    assert failed["status"] == "failed" and failed["error"] == {"code": "server_error", "message": "gone"}
+    assert await store.get(RID) == failed
+    [last] = await store.events_after(RID, 1)
+    assert last == {"type": "response.failed", "sequence_number": 2, "response": failed}
+    assert await store.fail_orphan(RID, "again") == failed                      # only once
+    assert 0 < client.pttl(f"tandem:resp:{{{RID}}}:events") <= 100_000
+
+
+async def test_a_slow_runner_loses_the_race_and_cannot_resurrect_its_response(server):
+    store = ResponseStore(async_client(server), ttl_seconds=100, lease_s=0.2)
+    await store.create(response(status="in_progress"), ITEMS, lease="gw_a")
+    await store.append_events(RID, [event(0)])
+    await asyncio.sleep(0.3)
+    failed = await store.fail_orphan(RID, "gone")
+    with pytest.raises(ValueError):                       # its next event collides with the failure
+        await store.append_events(RID, [event(1)])
+    assert await store.update(response(status="completed", text="late")) is False
+    assert await store.get(RID) == failed
+    assert [e["type"] for e in await store.events_after(RID, -1)] == [
+        "response.output_text.delta", "response.failed"]
+
+
+async def test_renewed_leases_keep_a_response_running_and_the_final_save_drops_the_lease(client, server):
+    store = ResponseStore(async_client(server), ttl_seconds=100, lease_s=0.3)
+    await store.create(response(status="queued"), ITEMS, lease="gw_a")
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        await store.renew_leases([RID], "gw_a")
+    assert (await store.fail_orphan(RID, "gone"))["status"] == "queued"
+    assert await store.update(response(status="in_progress")) is True       # not final: leased
+    assert client.exists(f"tandem:resp:{{{RID}}}:lease") == 1
+    assert await store.update(response(status="completed")) is True
+    assert client.exists(f"tandem:resp:{{{RID}}}:lease") == 0
+    assert (await store.fail_orphan(RID, "gone"))["status"] == "completed"   # ended: left alone
