@@ -2,8 +2,10 @@
 
 Rules: a ``server_url`` is http(s) and its host passes the allowlist (``McpSettings``) before any
 connection is made; link-local and cloud-metadata addresses are refused whatever the list says.
-Each operation opens its own Streamable HTTP session (the official ``mcp`` SDK) with the request's
-``headers``, and is bounded by ``min(call_timeout_s, what is left of the response's deadline)``.
+Each operation opens its own session (the official ``mcp`` SDK) with the request's ``headers``:
+Streamable HTTP, or the old HTTP+SSE transport for a server that refuses the Streamable HTTP
+handshake with an error (not for one that cannot be reached). Each is bounded by
+``min(call_timeout_s, what is left of the response's deadline)``.
 Headers live only in this module's calls: they are never logged, stored or echoed. Every failure
 becomes an ``McpFailure`` with a message for the response (the SDK's errors say no more than that).
 """
@@ -20,7 +22,9 @@ from urllib.parse import urlsplit
 
 import httpx2
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from ..errors import APIError
 
@@ -83,6 +87,7 @@ class McpServer:
     headers: dict[str, str]
     settings: McpSettings
     deadline: float = field(default=0.0)      # time.monotonic() after which nothing more runs
+    transport: str | None = None              # "streamable-http" or "sse", once one has worked
 
     async def list_tools(self, allowed: list[str] | None) -> list[dict[str, Any]]:
         """The server's tools (those in ``allowed``, if given) as ``mcp_list_tools`` entries."""
@@ -110,9 +115,7 @@ class McpServer:
                              f"passed before {what}.")
         try:
             async with asyncio.timeout(budget):
-                async with httpx2.AsyncClient(headers=self.headers, timeout=budget) as http:
-                    async with Client(streamable_http_client(self.url, http_client=http)) as client:
-                        return await operation(client)
+                return await self._session(operation, budget)
         except TimeoutError:
             raise McpFailure(f"MCP server '{self.label}' did not answer within {budget:g} s "
                              f"while {what}.") from None
@@ -121,8 +124,38 @@ class McpServer:
                              f"{_reason(exc)}") from None
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost message of an exception group, without the headers it was sent with."""
+    async def _session(self, operation: Any, budget: float) -> Any:
+        """Run ``operation`` over Streamable HTTP, or over HTTP+SSE when the server answered the
+        Streamable HTTP handshake with an error (an old server); the transport that worked is kept
+        for the response's later operations."""
+        connected = False
+        if self.transport != "sse":
+            try:
+                async with httpx2.AsyncClient(headers=self.headers, timeout=budget) as http:
+                    async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                        connected, self.transport = True, "streamable-http"
+                        return await operation(client)
+            except Exception as exc:
+                if connected or self.transport is not None or not _not_streamable(exc):
+                    raise
+            self.transport = "sse"
+        async with Client(sse_client(self.url, headers=self.headers, timeout=budget,
+                                     sse_read_timeout=budget)) as client:
+            return await operation(client)
+
+
+def _not_streamable(exc: BaseException) -> bool:
+    """The server answered, but not as a Streamable HTTP server (an error status or reply)."""
+    return isinstance(_innermost(exc), (MCPError, httpx2.HTTPStatusError))
+
+
+def _innermost(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost message of an exception group, without the headers it was sent with."""
+    exc = _innermost(exc)
     return f"{type(exc).__name__}: {exc}"[:300]

@@ -1,5 +1,6 @@
 """Remote MCP tools in the Responses API over a scripted backend, a real Redis and a real MCP
-server on loopback (tests/gateway/mcp_server.py): listing, calls, failures, safety."""
+server on loopback (tests/gateway/mcp_server.py): listing, calls, failures, safety. Streaming,
+background and approvals: test_responses_mcp_stream.py."""
 
 from __future__ import annotations
 
@@ -100,17 +101,6 @@ def test_unreachable_server_is_424_and_serving_goes_on(http, fake, mcp_server):
 def test_disallowed_urls_are_400(http, fake, url):
     assert_error(create(http, url), 400, "tools[0].server_url", "invalid_value")
     assert fake.params == []
-
-
-@pytest.mark.parametrize("extra, param", [
-    ({"require_approval": "always"}, "tools[0].require_approval"),
-    ({"stream": True}, "stream"),
-])
-def test_what_is_not_built_yet_is_refused(http, fake, mcp_server, extra, param):
-    tool = mcp_tool(mcp_server.url, **{k: v for k, v in extra.items() if k == "require_approval"})
-    body = {k: v for k, v in extra.items() if k != "require_approval"}
-    r = http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "tools": [tool], **body})
-    assert_error(r, 400, param)
 
 
 def test_the_server_description_reaches_the_model(http, fake, mcp_server):
