@@ -310,8 +310,9 @@ class ResponseCreateRequest(OpenAIRequest):
         return [t for t in self.tools or () if isinstance(t, FunctionToolParam)]
 
     @property
-    def mcp_tools(self) -> list[McpToolParam]:
-        return [t for t in self.tools or () if isinstance(t, McpToolParam)]
+    def mcp_tools(self) -> list[tuple[int, McpToolParam]]:
+        """(index in ``tools``, tool) of each remote MCP server."""
+        return [(i, t) for i, t in enumerate(self.tools or ()) if isinstance(t, McpToolParam)]
 
     @property
     def approvals(self) -> list[tuple[int, McpApprovalResponseInput]]:

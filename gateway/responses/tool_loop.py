@@ -42,7 +42,8 @@ from ..tools.calls import ToolOutput
 from ..tools.definitions import FunctionTool
 from ..tools.mcp import McpFailure, McpServer, check_server_url
 from ..usage import UsageMeter
-from .conversation import ENGINE_PARAMS, conversation_items, turn_prompt
+from ..routing import affinity_key
+from .conversation import ENGINE_PARAMS, chat_messages, conversation_items, turn_prompt
 from .event_log import EventLog
 from .events import ResponseEvents
 from .models import ResponseCreateRequest
@@ -79,7 +80,7 @@ class McpRun(ResponseRun):
     async def start(self) -> None:
         self._started = True
         if self.eager:
-            for i, tool in enumerate(self.body.mcp_tools):
+            for i, tool in self.body.mcp_tools:
                 if self._known_listing(tool) is None:
                     try:
                         self.listed[tool.server_label] = await self.servers[tool.server_label].list_tools(tool.allowed)
@@ -93,7 +94,7 @@ class McpRun(ResponseRun):
     async def _generate(self) -> AsyncIterator[dict[str, Any]]:
         if not self._started:
             await self.start()
-        for i, tool in enumerate(self.body.mcp_tools):
+        for i, tool in self.body.mcp_tools:
             async for event in self._listing(i, tool):
                 yield event
         for approval in self.approvals:
@@ -200,7 +201,8 @@ class McpRun(ResponseRun):
                                    constraints.tools)
         sampling = sampling_params(body, max_tokens=body.max_output_tokens, engine_params=ENGINE_PARAMS)
         params = GenerateParams(f"{self.response_id}_t{len(self.turn_usages)}", prompt.token_ids,
-                                dataclasses.replace(sampling, grammar=constraints.grammar))
+                                dataclasses.replace(sampling, grammar=constraints.grammar),
+                                affinity=affinity_key(chat_messages(self.items, None)))
         self.generation = Generation(self.state.backend, params, self.arrival, settings.request_timeout_s,
                                      ENGINE_PARAMS)
         self.input_tokens = len(prompt.token_ids)
@@ -231,11 +233,10 @@ async def prepare_mcp_run(request: Request, body: ResponseCreateRequest, state: 
     mcp = state.settings.mcp
     deadline = time.monotonic() + mcp.response_timeout_s
     servers: dict[str, McpServer] = {}
-    for i, tool in enumerate(body.tools or ()):
-        if isinstance(tool, McpToolParam):
-            check_server_url(tool.server_url, mcp, f"tools[{i}].server_url")
-            servers[tool.server_label] = McpServer(tool.server_label, tool.server_url,
-                                                   tool.request_headers(), mcp, deadline)
+    for i, tool in body.mcp_tools:
+        check_server_url(tool.server_url, mcp, f"tools[{i}].server_url")
+        servers[tool.server_label] = McpServer(tool.server_label, tool.server_url,
+                                               tool.request_headers(), mcp, deadline)
     items = await conversation_items(body, shared.store, project(request))
     approvals = _approvals(body, items, servers)
     response_id = f"resp_{request_id(request)}"

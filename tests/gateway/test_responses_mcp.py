@@ -96,6 +96,13 @@ def test_unreachable_server_is_424_and_serving_goes_on(http, fake, mcp_server):
     assert create(http, mcp_server.url).status_code == 200
 
 
+def test_errors_name_the_tool_by_its_index_in_tools(http, fake):
+    function = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "tools": [
+        function, mcp_tool("http://127.0.0.1:1/mcp")]})
+    assert_error(r, 424, "tools[1]", "mcp_list_tools_failed")
+
+
 @pytest.mark.parametrize("url", ["http://example.com/mcp", "http://169.254.169.254/latest",
                                  "file:///etc/passwd", "http://[fe80::1]/mcp"])
 def test_disallowed_urls_are_400(http, fake, url):

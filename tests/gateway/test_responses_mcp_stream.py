@@ -12,7 +12,9 @@ import pytest
 
 from .fakes import words
 from .mcp_server import LoopbackMcpServer
-from .responses_support import MODEL, assert_error, sse_events, wait_until
+from gateway.tools.mcp import McpSettings
+
+from .responses_support import MODEL, assert_error, gateway, sse_events, wait_until
 from .test_responses_mcp import call, mcp_tool, turns
 
 
@@ -128,6 +130,32 @@ def test_a_client_that_goes_away_stops_the_loop(http, fake, mcp_server, store):
     assert http.post("/v1/responses", json=body(mcp_server.url)).status_code == 200
 
 
+def test_a_cancelled_background_mcp_response_stops(client, fake, mcp_server, store):
+    mcp_server.clear()
+    fake.script = turns(words(call("slow", {"seconds": 1.5})), words("never"))
+    tool = mcp_tool(mcp_server.url, allowed_tools=["slow"])
+    r = client.responses.create(model=MODEL, input="Wait.", tools=[tool], tool_choice="required",
+                                background=True)
+    assert wait_until(lambda: mcp_server.seen, 5)
+    assert client.responses.cancel(r.id).status == "cancelled"
+    time.sleep(1.8)
+    assert len(fake.params) == 1 and client.responses.retrieve(r.id).status == "cancelled"
+    kinds = [e["type"] for e in store.events_after(r.id, -1)]
+    assert kinds[-1] == "response.mcp_call.in_progress"         # logged up to the call, no end
+
+
+def test_a_call_past_its_deadline_is_an_error_item(fake, store):
+    with LoopbackMcpServer() as server, gateway(fake, store, mcp=McpSettings(call_timeout_s=0.5)) as url:
+        fake.script = turns(words(call("slow", {"seconds": 3})), words("Too slow."))
+        tool = mcp_tool(server.url, allowed_tools=["slow"])
+        r = httpx.post(f"{url}/v1/responses", json={"model": MODEL, "input": "Wait.", "tools": [tool],
+                                                    "tool_choice": "required"}, timeout=10)
+        assert server.finished == []                 # answered before the tool would have ended
+        failed = r.json()["output"][1]
+        assert failed["status"] == "failed" and "within 0.5 s" in failed["error"]
+        assert r.json()["status"] == "completed" and r.json()["output"][2]["type"] == "message"
+
+
 # -- approvals ---------------------------------------------------------------------------------------
 def ask(client, fake, server, then=(), **tool):
     fake.script = turns(words(call("add", {"a": 2, "b": 3})), *then)
@@ -155,6 +183,19 @@ def test_an_approval_request_then_approve(client, fake, mcp_server):
     assert fake.prompts[-1][-1] == {"role": "user", "content": "<tool_response>5</tool_response>"}
     items = client.responses.input_items.list(second.id, order="asc").data
     assert items[-1].type == "mcp_approval_response"
+
+
+def test_a_streamed_approval_request(http, fake, mcp_server):
+    fake.script = turns(words(call("add", {"a": 2, "b": 3})))
+    tool = {**mcp_tool(mcp_server.url), "require_approval": "always"}
+    request = {"model": MODEL, "input": "2 + 3?", "tools": [tool], "stream": True, "tool_choice": "required"}
+    with http.stream("POST", "/v1/responses", json=request) as r:
+        r.read()
+    events = sse_events(r)
+    assert kinds(events) == ["response.created", "response.in_progress", *LISTING,
+                             "response.output_item.added", "response.output_item.done", "response.completed"]
+    check_items(events)
+    assert json.loads(events[-2]["item"]["arguments"]) == {"a": 2, "b": 3}
 
 
 def test_an_approval_request_then_decline(client, fake, mcp_server):
