@@ -157,7 +157,7 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
         if kind == "function_call_output":
             messages.append({"role": "tool", "content": item["output"]})
         elif kind == "mcp_call":
-            messages.append({"role": "tool", "content": item.get("output") or f"Error: {item.get('error')}"})
+            messages.append({"role": "tool", "content": item.get("output") or f"Error: {error_text(item.get('error'))}"})
         elif kind in ("function_call", "mcp_list_tools", "mcp_approval_request"):
             continue
         else:
@@ -165,6 +165,13 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
             text = "\n".join(part.get("text") or "" for part in item["content"])
             messages.append({"role": role, "content": text})
     return messages
+
+
+def error_text(error: Any) -> str:
+    """An ``mcp_call.error`` as text: its message, or its tool's text content."""
+    if isinstance(error, dict):
+        return error.get("message") or "\n".join(p.get("text", "") for p in error.get("content") or ())
+    return str(error)
 
 
 def _declined(request: dict[str, Any], reason: str | None) -> dict[str, Any]:

@@ -184,7 +184,7 @@ class ResponseEvents:
 
     def listing_done(self, index: int, tools: list[dict[str, Any]], error: str | None) -> list[dict[str, Any]]:
         self.items[index] = {**self.items[index], "tools": tools, **({"error": error} if error else {})}
-        return self._mcp_item_done(index, "response.mcp_list_tools", error)
+        return self._mcp_item_done(index, "response.mcp_list_tools", failed=error is not None)
 
     def approved_call(self, label: str, name: str, arguments: str, approval_request_id: str
                       ) -> tuple[int, list[dict[str, Any]]]:
@@ -199,11 +199,11 @@ class ResponseEvents:
     def call_running(self, index: int) -> list[dict[str, Any]]:
         return [self._event("response.mcp_call.in_progress", item_id=self.items[index]["id"], output_index=index)]
 
-    def call_result(self, index: int, output: str | None, error: str | None) -> list[dict[str, Any]]:
+    def call_result(self, index: int, output: str | None, error: dict[str, Any] | None) -> list[dict[str, Any]]:
         """The ``mcp_call`` at ``index`` has run: ``output``, or ``error`` (status ``failed``)."""
         self.items[index] = {**self.items[index], "output": output, "error": error,
                              "status": "failed" if error else "completed"}
-        return self._mcp_item_done(index, "response.mcp_call", error)
+        return self._mcp_item_done(index, "response.mcp_call", failed=error is not None)
 
     def _mcp_item_started(self, item: dict[str, Any], progress: str | None = None
                           ) -> tuple[int, list[dict[str, Any]]]:
@@ -215,8 +215,8 @@ class ResponseEvents:
             events.append(self._event(progress, item_id=item["id"], output_index=index))
         return index, events
 
-    def _mcp_item_done(self, index: int, kind: str, error: str | None) -> list[dict[str, Any]]:
-        outcome = self._event(f"{kind}.{'failed' if error else 'completed'}", item_id=self.items[index]["id"],
+    def _mcp_item_done(self, index: int, kind: str, *, failed: bool) -> list[dict[str, Any]]:
+        outcome = self._event(f"{kind}.{'failed' if failed else 'completed'}", item_id=self.items[index]["id"],
                               output_index=index)
         return [outcome, *self._item_done(index)]
 

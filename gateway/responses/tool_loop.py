@@ -40,7 +40,7 @@ from ..params import sampling_params
 from ..state import GatewayState
 from ..tools.calls import ToolOutput
 from ..tools.definitions import FunctionTool
-from ..tools.mcp import McpFailure, McpServer, check_server_url
+from ..tools.mcp import CONNECTION_CLOSED, McpFailure, McpServer, check_server_url, protocol_error
 from ..usage import UsageMeter
 from ..routing import affinity_key
 from .conversation import ENGINE_PARAMS, chat_messages, conversation_items, turn_prompt
@@ -167,13 +167,13 @@ class McpRun(ResponseRun):
         """Run the ``mcp_call`` at ``index`` (unless ``max_tool_calls`` are spent) → its result events."""
         item = self.builder.items[index]
         if self._spent():
-            return self.builder.call_result(index, None, f"Not run: max_tool_calls "
-                                                         f"({self.body.max_tool_calls}) reached.")
+            return self.builder.call_result(index, None, protocol_error(
+                CONNECTION_CLOSED, f"Not run: max_tool_calls ({self.body.max_tool_calls}) reached."))
         self.calls_run += 1
         try:
             output = await self.servers[item["server_label"]].call(item["name"], item["arguments"])
         except McpFailure as exc:
-            return self.builder.call_result(index, None, str(exc))
+            return self.builder.call_result(index, None, exc.error)
         return self.builder.call_result(index, output, None)
 
     def _spent(self) -> bool:

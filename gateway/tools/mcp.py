@@ -25,6 +25,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 
 from ..errors import APIError
 
@@ -53,7 +54,20 @@ class McpSettings:
 
 
 class McpFailure(Exception):
-    """An MCP listing or call that did not succeed; ``str()`` is what the response says."""
+    """An MCP listing or call that did not succeed: ``str()`` is what the response says (a failed
+    listing's ``error``), ``error`` the failed call's ``mcp_call.error`` object: an
+    ``mcp_tool_execution_error`` (the tool ran and reported an error, its ``content``), an
+    ``http_error`` (the server answered with an HTTP error status) or an ``mcp_protocol_error``
+    (a JSON-RPC error: the server's, or the SDK's codes for a timeout, -32001, and for no
+    answer, -32000)."""
+
+    def __init__(self, message: str, error: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.error = error or protocol_error(CONNECTION_CLOSED, message)
+
+
+def protocol_error(code: int, message: str) -> dict[str, Any]:
+    return {"type": "mcp_protocol_error", "code": code, "message": message}
 
 
 def check_server_url(url: str, settings: McpSettings, param: str) -> None:
@@ -101,28 +115,31 @@ class McpServer:
         try:
             args = json.loads(arguments or "{}")
         except json.JSONDecodeError:
-            raise McpFailure(f"The arguments for '{name}' are not JSON.") from None
+            message = f"The arguments for '{name}' are not JSON."
+            raise McpFailure(message, protocol_error(INVALID_PARAMS, message)) from None
         result = await self._run(lambda c: c.call_tool(name, args), f"calling '{name}'")
         text = "\n".join(getattr(part, "text", "") for part in result.content)
         if result.is_error:
-            raise McpFailure(text or f"Tool '{name}' failed.")
+            content = [part.model_dump(mode="json", exclude_none=True) for part in result.content]
+            raise McpFailure(text or f"Tool '{name}' failed.",
+                             {"type": "mcp_tool_execution_error", "content": content})
         return text
 
     async def _run(self, operation: Any, what: str) -> Any:
         budget = min(self.settings.call_timeout_s, self.deadline - time.monotonic())
         if budget <= 0:
-            raise McpFailure(f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "
-                             f"passed before {what}.")
+            message = (f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "
+                       f"passed before {what}.")
+            raise McpFailure(message, protocol_error(REQUEST_TIMEOUT, message))
         try:
             async with asyncio.timeout(budget):
                 return await self._session(operation, budget)
         except TimeoutError:
-            raise McpFailure(f"MCP server '{self.label}' did not answer within {budget:g} s "
-                             f"while {what}.") from None
+            message = f"MCP server '{self.label}' did not answer within {budget:g} s while {what}."
+            raise McpFailure(message, protocol_error(REQUEST_TIMEOUT, message)) from None
         except Exception as exc:       # the SDK raises exception groups, httpx and protocol errors
-            raise McpFailure(f"MCP server '{self.label}' failed while {what}: "
-                             f"{_reason(exc)}") from None
-
+            message = f"MCP server '{self.label}' failed while {what}: {_reason(exc)}"
+            raise McpFailure(message, _error_object(_innermost(exc), message)) from None
 
     async def _session(self, operation: Any, budget: float) -> Any:
         """Run ``operation`` over Streamable HTTP, or over HTTP+SSE when the server answered the
@@ -142,6 +159,12 @@ class McpServer:
         async with Client(sse_client(self.url, headers=self.headers, timeout=budget,
                                      sse_read_timeout=budget)) as client:
             return await operation(client)
+
+
+def _error_object(exc: BaseException, message: str) -> dict[str, Any]:
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return {"type": "http_error", "code": exc.response.status_code, "message": message}
+    return protocol_error(exc.code if isinstance(exc, MCPError) else CONNECTION_CLOSED, message)
 
 
 def _not_streamable(exc: BaseException) -> bool:

@@ -78,8 +78,10 @@ def test_a_failing_tool_is_an_error_item(http, fake, mcp_server):
     body = create(http, mcp_server.url).json()
     failed = body["output"][1]
     assert failed["type"] == "mcp_call" and failed["status"] == "failed" and failed["output"] is None
-    assert "explode" in failed["error"]
+    error = failed["error"]                           # the openai SDK's McpToolExecutionError
+    assert error["type"] == "mcp_tool_execution_error" and "explode" in error["content"][0]["text"]
     assert body["status"] == "completed" and body["output"][2]["content"][0]["text"] == "Sorry."
+    assert error["content"][0]["text"] in fake.prompts[-1][-1]["content"]      # the model read it
 
 
 def test_max_tool_calls_and_the_turn_limit(http, fake, mcp_server):

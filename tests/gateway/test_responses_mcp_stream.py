@@ -152,7 +152,8 @@ def test_a_call_past_its_deadline_is_an_error_item(fake, store):
                                                     "tool_choice": "required"}, timeout=10)
         assert server.finished == []                 # answered before the tool would have ended
         failed = r.json()["output"][1]
-        assert failed["status"] == "failed" and "within 0.5 s" in failed["error"]
+        assert failed["status"] == "failed" and "within 0.5 s" in failed["error"]["message"]
+        assert failed["error"]["type"] == "mcp_protocol_error" and failed["error"]["code"] == -32001
         assert r.json()["status"] == "completed" and r.json()["output"][2]["type"] == "message"
 
 
