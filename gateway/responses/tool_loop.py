@@ -26,6 +26,7 @@ call or turn in flight is cancelled and nothing further runs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any, AsyncIterator
 
@@ -52,6 +53,8 @@ from .run import ResponseRun
 from .state import ResponsesState
 from .structured import response_constraints
 from .tool_params import McpToolParam
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +206,8 @@ class McpRun(ResponseRun):
         params = GenerateParams(f"{self.response_id}_t{len(self.turn_usages)}", prompt.token_ids,
                                 dataclasses.replace(sampling, grammar=constraints.grammar),
                                 affinity=affinity_key(chat_messages(self.items, None)))
+        log.info("%s: %d input tokens, %d MCP calls run so far", params.request_id,
+                 len(prompt.token_ids), self.calls_run)
         self.generation = Generation(self.state.backend, params, self.arrival, settings.request_timeout_s,
                                      ENGINE_PARAMS)
         self.input_tokens = len(prompt.token_ids)
