@@ -30,7 +30,8 @@ from ..backend import Backend
 from ..errors import APIError
 from ..tools.definitions import FunctionTool
 from ..tools.prompt import render
-from .models import FunctionCallInput, FunctionCallOutputInput, InputMessage, ResponseCreateRequest
+from .models import (FunctionCallInput, FunctionCallOutputInput, InputMessage, McpApprovalResponseInput,
+                     ResponseCreateRequest)
 from .object import ACTIVE, new_id
 from .store import ResponseStore, fetch, fetch_items
 
@@ -86,15 +87,21 @@ async def _history(store: ResponseStore, parent_id: str, project: str) -> list[d
     return continued_items(parent, await fetch_items(store, parent_id, param, project))
 
 
-def input_items(inputs: list[InputMessage | FunctionCallInput | FunctionCallOutputInput]) -> list[dict[str, Any]]:
+def input_items(inputs: list[InputMessage | FunctionCallInput | FunctionCallOutputInput
+                             | McpApprovalResponseInput]) -> list[dict[str, Any]]:
     """The request's input as stored items, each with an id."""
     return [_stored(m) if isinstance(m, InputMessage) else _stored_tool_item(m) for m in inputs]
 
 
-def _stored_tool_item(m: FunctionCallInput | FunctionCallOutputInput) -> dict[str, Any]:
+ID_PREFIXES = {"function_call": "fc", "function_call_output": "fco", "mcp_approval_response": "mcpa"}
+
+
+def _stored_tool_item(m: FunctionCallInput | FunctionCallOutputInput | McpApprovalResponseInput
+                      ) -> dict[str, Any]:
     item = m.model_dump(exclude_none=True)
-    item["id"] = m.id or new_id("fc" if m.type == "function_call" else "fco")
-    item["status"] = m.status or "completed"
+    item["id"] = m.id or new_id(ID_PREFIXES[m.type])
+    if m.type != "mcp_approval_response":
+        item["status"] = m.status or "completed"
     return item
 
 
@@ -123,7 +130,7 @@ def continued_items(parent: dict[str, Any], parent_items: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     """The items a child of ``parent`` inherits: the parent's input, then its output messages and
     function calls (the calls a follow-up's ``function_call_output`` items answer)."""
-    kept = ("message", "function_call", "mcp_list_tools", "mcp_call")
+    kept = ("message", "function_call", "mcp_list_tools", "mcp_call", "mcp_approval_request")
     output = [item for item in parent.get("output") or [] if item.get("type") in kept]
     return [*parent_items, *output]
 
@@ -131,10 +138,18 @@ def continued_items(parent: dict[str, Any], parent_items: list[dict[str, Any]]
 def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list[dict[str, Any]]:
     """Items (and this turn's instructions) as messages for gateway/tools/prompt.py; developer →
     system; function calls join the assistant turn before them, outputs are ``tool`` messages; an
-    ``mcp_call`` is both (its output, or its error); an ``mcp_list_tools`` is not in the prompt."""
+    ``mcp_call`` is both (its output, or its error), and so is a declined ``mcp_approval_response``
+    (the call its request asked for, and the refusal); an ``mcp_list_tools`` and an
+    ``mcp_approval_request`` are not in the prompt (an approved call is its ``mcp_call``)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions is not None else []
+    requests = {item["id"]: item for item in items if item.get("type") == "mcp_approval_request"}
     for item in items:
         kind = item.get("type")
+        if kind == "mcp_approval_response":
+            if item["approve"] or item["approval_request_id"] not in requests:
+                continue
+            item = _declined(requests[item["approval_request_id"]], item.get("reason"))
+            kind = "mcp_call"
         if kind in ("function_call", "mcp_call"):
             if not (messages and messages[-1]["role"] == "assistant"):
                 messages.append({"role": "assistant", "content": ""})
@@ -142,14 +157,28 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
         if kind == "function_call_output":
             messages.append({"role": "tool", "content": item["output"]})
         elif kind == "mcp_call":
-            messages.append({"role": "tool", "content": item.get("output") or f"Error: {item.get('error')}"})
-        elif kind in ("function_call", "mcp_list_tools"):
+            messages.append({"role": "tool", "content": item.get("output") or f"Error: {error_text(item.get('error'))}"})
+        elif kind in ("function_call", "mcp_list_tools", "mcp_approval_request"):
             continue
         else:
             role = "system" if item["role"] == "developer" else item["role"]
             text = "\n".join(part.get("text") or "" for part in item["content"])
             messages.append({"role": role, "content": text})
     return messages
+
+
+def error_text(error: Any) -> str:
+    """An ``mcp_call.error`` as text: its message, or its tool's text content."""
+    if isinstance(error, dict):
+        return error.get("message") or "\n".join(p.get("text", "") for p in error.get("content") or ())
+    return str(error)
+
+
+def _declined(request: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """A declined approval as the model reads it: the call, and an error saying it was not run."""
+    why = f": {reason}" if reason else "."
+    return {"name": request["name"], "arguments": request["arguments"],
+            "error": f"The user declined this call{why}"}
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ other unknown field is a 400 naming it. Types are strict.
 a list of ``InputMessage`` whose ``content`` is a list of text parts: a string becomes one
 ``input_text`` part (``output_text`` for the assistant). Images, files and audio are refused: the
 model is text-only. Besides messages, ``function_call`` items (a call the model made) and
-``function_call_output`` items (its result, linked by ``call_id``) are accepted; other tool items
-(reasoning, item references, other tools' calls) are refused by name. ``tools`` are function tools
-(flat: ``{type: function, name, description, parameters, strict}``); ``text.format`` is ``text``,
-``json_object`` or ``json_schema``.
+``function_call_output`` items (its result, linked by ``call_id``) and ``mcp_approval_response``
+items (the user's answer to an earlier ``mcp_approval_request``) are accepted; other tool items
+(reasoning, item references, other tools' calls) are refused by name. ``tools`` (tool_params.py)
+are function tools and remote MCP servers; ``text.format`` is ``text``, ``json_object`` or
+``json_schema``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic_core import PydanticCustomError
 from ..chat.models import INT64_MAX, INT64_MIN, UINT32_MAX
 from ..errors import UNION_TAG
 from ..params import OpenAIRequest
+from .tool_params import FunctionToolParam, McpToolParam, NamedToolChoice, ToolParam
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -157,14 +159,30 @@ class FunctionCallOutputInput(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class McpApprovalResponseInput(BaseModel):
+    """The user's answer to an ``mcp_approval_request`` of the previous response (tool_loop.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(min_length=1)
+    approve: bool
+    reason: str | None = None
+    id: str | None = None
+
+
+ITEM_TYPES = ("message", "function_call", "function_call_output", "mcp_approval_response")
+
+
 def _item_kind(value: Any) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
-    return UNION_TAG + (kind if kind in ("function_call", "function_call_output") else "message")
+    return UNION_TAG + (kind if kind in ITEM_TYPES else "message")
 
 
 InputItem = Annotated[Union[Annotated[InputMessage, Tag(UNION_TAG + "message")],
                             Annotated[FunctionCallInput, Tag(UNION_TAG + "function_call")],
-                            Annotated[FunctionCallOutputInput, Tag(UNION_TAG + "function_call_output")]],
+                            Annotated[FunctionCallOutputInput, Tag(UNION_TAG + "function_call_output")],
+                            Annotated[McpApprovalResponseInput, Tag(UNION_TAG + "mcp_approval_response")]],
                       Discriminator(_item_kind)]
 
 
@@ -176,85 +194,13 @@ def _input_items(value: Any) -> Any:
         if kind in TOOL_ITEM_TYPES:
             raise PydanticCustomError(
                 "unsupported_item", "Input item {index} has type '{kind}'; this server accepts "
-                "'message', 'function_call' and 'function_call_output' items.",
+                "'message', 'function_call', 'function_call_output' and 'mcp_approval_response' items.",
                 {"index": i, "kind": kind, "param": f"input[{i}]"})
-        if kind is not None and kind not in ("message", "function_call", "function_call_output"):
+        if kind is not None and kind not in ITEM_TYPES:
             raise PydanticCustomError("invalid_value", "Input item {index} has unknown type "
                                       "'{kind}'.", {"index": i, "kind": kind,
                                                     "param": f"input[{i}].type"})
     return value
-
-
-class FunctionToolParam(BaseModel):
-    """A function tool (flat, as the Responses API spells it); other tool types are not run here."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["function"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-    def echo(self) -> dict[str, Any]:
-        return self.model_dump()
-
-
-class AllowedTools(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    tool_names: list[str] | None = None
-    read_only: None = None          # tool annotations are not trusted to filter on
-
-
-class McpToolParam(BaseModel):
-    """A remote MCP server the gateway calls for this response (gateway/tools/mcp.py). ``headers``
-    and ``authorization`` go to the server only: never stored, logged or echoed."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["mcp"]
-    server_label: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    server_url: str
-    server_description: str | None = None
-    headers: dict[str, str] | None = None
-    authorization: str | None = None
-    allowed_tools: list[str] | AllowedTools | None = None
-    require_approval: Literal["never"]      # approvals are not run yet: "never" must be said
-
-    @property
-    def allowed(self) -> list[str] | None:
-        if isinstance(self.allowed_tools, AllowedTools):
-            return self.allowed_tools.tool_names
-        return self.allowed_tools
-
-    def request_headers(self) -> dict[str, str]:
-        auth = {"Authorization": f"Bearer {self.authorization}"} if self.authorization else {}
-        return {**(self.headers or {}), **auth}
-
-    def echo(self) -> dict[str, Any]:
-        return {"type": "mcp", "server_label": self.server_label, "server_url": self.server_url,
-                "server_description": self.server_description, "allowed_tools": self.allowed_tools
-                if not isinstance(self.allowed_tools, AllowedTools) else self.allowed_tools.model_dump(),
-                "require_approval": self.require_approval, "headers": None}
-
-
-def _tool_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return UNION_TAG + ("mcp" if kind == "mcp" else "function")
-
-
-ToolParam = Annotated[Union[Annotated[FunctionToolParam, Tag(UNION_TAG + "function")],
-                            Annotated[McpToolParam, Tag(UNION_TAG + "mcp")]],
-                      Discriminator(_tool_kind)]
-
-
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["function"]
-    name: str
 
 
 class TextFormat(BaseModel):
@@ -357,9 +303,6 @@ class ResponseCreateRequest(OpenAIRequest):
         fmt = self.text.format if self.text else None
         if self.tools and fmt is not None and fmt.type != "text":
             raise _invalid("text.format", "Give 'tools' or a JSON 'text.format', not both.")
-        if self.mcp_tools and (self.stream or self.background):
-            raise _invalid("stream" if self.stream else "background", "MCP tools are run for "
-                           "non-streamed foreground responses only (streaming them is not built yet).")
         return self
 
     @property
@@ -367,8 +310,14 @@ class ResponseCreateRequest(OpenAIRequest):
         return [t for t in self.tools or () if isinstance(t, FunctionToolParam)]
 
     @property
-    def mcp_tools(self) -> list[McpToolParam]:
-        return [t for t in self.tools or () if isinstance(t, McpToolParam)]
+    def mcp_tools(self) -> list[tuple[int, McpToolParam]]:
+        """(index in ``tools``, tool) of each remote MCP server."""
+        return [(i, t) for i, t in enumerate(self.tools or ()) if isinstance(t, McpToolParam)]
+
+    @property
+    def approvals(self) -> list[tuple[int, McpApprovalResponseInput]]:
+        """(input index, item) of each ``mcp_approval_response`` in the input."""
+        return [(i, m) for i, m in enumerate(self.input) if isinstance(m, McpApprovalResponseInput)]
 
     @model_validator(mode="after")
     def _check_metadata(self) -> "ResponseCreateRequest":

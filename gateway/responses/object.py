@@ -3,7 +3,8 @@
 A Response echoes its request (model, instructions, sampling values in effect, limits, metadata,
 previous_response_id, store, truncation, user, background, tools, tool_choice, text.format) and
 carries its output items: an assistant ``message`` with one ``output_text`` part (when the model
-wrote text), then one ``function_call`` item per call. ``usage`` is null until the response ends;
+wrote text), then one ``function_call`` item per call (and, with remote MCP tools, ``mcp_list_tools``,
+``mcp_call`` and ``mcp_approval_request`` items, and a message per model turn that wrote text). ``usage`` is null until the response ends;
 then it has OpenAI's counts plus Tandem's ``prefill_time`` and ``decode_time_arr`` (see usage.py).
 """
 
@@ -74,6 +75,19 @@ def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
 def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
     return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
             "status": status}
+
+
+def mcp_call_item(label: str, name: str, arguments: str, approval_request_id: str | None = None
+                  ) -> dict[str, Any]:
+    """An MCP call as it starts (``in_progress``, no output yet)."""
+    return {"type": "mcp_call", "id": new_id("mcp"), "server_label": label, "name": name,
+            "arguments": arguments, "output": None, "error": None, "status": "in_progress",
+            "approval_request_id": approval_request_id}
+
+
+def mcp_approval_request(label: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"type": "mcp_approval_request", "id": new_id("mcpr"), "server_label": label, "name": name,
+            "arguments": arguments}
 
 
 def output_part(text: str) -> dict[str, Any]:

@@ -10,6 +10,8 @@ worker thread (truncation; 400 if it cannot fit) and the sampling parameters, an
   before it is an HTTP error, and the record is dropped again), then streams the events as SSE or
   collects them into the final Response. A client that goes away aborts the request; its record
   then says ``cancelled``.
+A request with remote MCP tools (or answering an MCP approval request) takes the same two paths
+with an ``McpRun`` (tool_loop.py), which runs several model turns and the MCP work between them.
 With ``store: false`` nothing is read from or written to Redis except the parent of
 ``previous_response_id``.
 """
@@ -42,7 +44,7 @@ from .object import new_id, new_response
 from .replay import follow
 from .run import ResponseRun
 from .structured import response_constraints
-from .tool_loop import run_mcp_response
+from .tool_loop import prepare_mcp_run
 from .state import ResponsesState, responses_state
 
 log = logging.getLogger(__name__)
@@ -57,14 +59,18 @@ async def create_response(body: ResponseCreateRequest, request: Request,
     settings = state.settings
     check_model(body.model, settings.served_model_name)
     refuse_lone_surrogates(body)
-    if body.mcp_tools:
-        return await run_mcp_response(request, body, state, shared)
+    response_id = f"resp_{request_id(request)}"
+    log_events = body.keep and bool(body.stream or body.background)
+    event_log = EventLog(shared.store, response_id, shared.event_log_batch) if log_events else None
+    if body.mcp_tools or body.approvals:
+        run, items = await prepare_mcp_run(request, body, state, shared, event_log)
+        return await (start_background(request, run, items, body, shared, settings) if body.background
+                      else run_foreground(request, run, items, body, settings))
     sampling = sampling_params(body, max_tokens=body.max_output_tokens, engine_params=ENGINE_PARAMS)
     constraints = response_constraints(body)
     sampling = dataclasses.replace(sampling, grammar=constraints.grammar)
     items, prompt = await conversation(body, shared.store, state.backend, constraints.tools,
                                        project=project(request))
-    response_id = f"resp_{request_id(request)}"
     params = GenerateParams(response_id, prompt.token_ids, sampling,
                             affinity=affinity_key(chat_messages(items, None)),
                             test_corrupt_kv=corrupt_kv_requested(request, settings.test_hooks))
@@ -76,9 +82,7 @@ async def create_response(body: ResponseCreateRequest, request: Request,
                              new_id("msg"), lazy_message=constraints.parse_calls)
     generation = Generation(state.backend, params, arrival(request), settings.request_timeout_s,
                             ENGINE_PARAMS)
-    logged = body.keep and bool(body.stream or body.background)
-    run = ResponseRun(generation, builder, shared.store if body.keep else None,
-                      log=EventLog(shared.store, response_id, shared.event_log_batch) if logged else None,
+    run = ResponseRun(generation, builder, shared.store if body.keep else None, log=event_log,
                       input_tokens=len(prompt.token_ids), spawn=shared.tasks.spawn,
                       parse_calls=constraints.parse_calls, leases=shared.leases)
     if body.background:
@@ -93,7 +97,7 @@ async def start_background(request: Request, run: ResponseRun, items: list[dict[
     try:
         await run.create_record(items, project(request))
     except BaseException:
-        await run.generation.aclose()
+        await run.close_generation()
         raise
     shared.tasks.start(run)
     if body.stream:
@@ -113,12 +117,12 @@ async def run_foreground(request: Request, run: ResponseRun, items: list[dict[st
     try:
         await run.create_record(items, project(request))
     except BaseException:
-        await run.generation.aclose()
+        await run.close_generation()
         raise
     try:
         await unless_disconnected(request, run.start())
     except BaseException:
-        await run.generation.aclose()
+        await run.close_generation()
         await run.discard_record()
         raise
     if body.stream:
@@ -135,5 +139,5 @@ async def run_foreground(request: Request, run: ResponseRun, items: list[dict[st
         await run.abandon()
     if run.error is not None:
         raise run.error
-    return JSONResponse(run.response, headers=debug_headers(run.generation.transfer,
-                                                            settings.debug_headers))
+    transfer = run.generation.transfer if run.generation is not None else None
+    return JSONResponse(run.response, headers=debug_headers(transfer, settings.debug_headers))

@@ -46,12 +46,13 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 class ResponseRun:
-    def __init__(self, generation: Generation, builder: ResponseEvents,
+    def __init__(self, generation: Generation | None, builder: ResponseEvents,
                  store: ResponseStore | None, *, log: EventLog | None, input_tokens: int,
                  spawn: Spawn, parse_calls: bool = False, leases: Leases | None = None):
         """``store=None``: not stored (store=false); ``log``: the event log, if the response
         keeps one. ``spawn`` runs a coroutine as its own task; ``leases``: this replica's, for a
-        stored run."""
+        stored run. ``generation`` is None only for a run that makes its generations as it goes
+        (tool_loop.py)."""
         self.generation = generation
         self.builder = builder
         self.store = store
@@ -120,7 +121,7 @@ class ResponseRun:
             raise
         finally:
             self._ended = True
-            await self.generation.aclose()
+            await self.close_generation()
             if not stopped:
                 self._release()
                 if self.log is not None:
@@ -133,12 +134,26 @@ class ResponseRun:
         while iterating): close the Generation and record ``cancelled``. Idempotent."""
         if not self._ended:
             self._ended = True
-            await self.generation.aclose()
+            await self.close_generation()
             self._spawn(self._cancelled())
+
+    async def close_generation(self) -> None:
+        """Close the current Generation (aborting it on the workers if it still runs)."""
+        if self.generation is not None:
+            await self.generation.aclose()
+
+    def usage(self) -> dict[str, Any]:
+        """The response's usage so far."""
+        return usage_body(self.generation.usage, self.input_tokens)
 
     async def _generate(self) -> AsyncIterator[dict[str, Any]]:
         if not self._started:
             await self.start()
+        async for event in self._turn_events():
+            yield event
+
+    async def _turn_events(self) -> AsyncIterator[dict[str, Any]]:
+        """The events of the current Generation's output (text, and calls if parsed)."""
         for event in self.builder.message_started():
             yield await self._emit(event)
         async for chunk in self.generation:
@@ -158,7 +173,7 @@ class ResponseRun:
             elif isinstance(e, CallOpened):
                 events += self.builder.call_added(self.output.calls[e.index].id, e.name)
             elif isinstance(e, ArgumentsDelta):
-                events.append(self.builder.call_arguments(e.index, e.text))
+                events += self.builder.call_arguments(e.index, e.text)
             elif isinstance(e, CallClosed):
                 events += self.builder.call_done(e.index)
         return events
@@ -173,7 +188,7 @@ class ResponseRun:
     async def _end(self, to_client: bool, status: str, reason: str | None = None, *,
                    error: str | None = None) -> list[dict[str, Any]]:
         """Finish the response, log its closing events, save it; return the closing events."""
-        usage = usage_body(self.generation.usage, self.input_tokens)
+        usage = self.usage()
         self.builder.finish(status, usage, error=error, incomplete_reason=reason)
         closing = self.builder.closing()
         try:
@@ -197,7 +212,7 @@ class ResponseRun:
         """Record a run stopped from outside as ``cancelled`` (runs as its own task), or as
         ``failed`` if its replica is stopping: what it logged (and a ``response.failed``) goes to
         Redis first (bounded by the socket timeouts), then the record."""
-        usage = usage_body(self.generation.usage, self.input_tokens)
+        usage = self.usage()
         if self.leases is not None and self.leases.stopping:
             self.builder.finish("failed", usage, error=STOPPED)
         else:

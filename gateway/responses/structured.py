@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from services.engine.grammar import GrammarSpec
 
 from ..tools.definitions import FunctionTool, check_tools, format_grammar, tool_choice, tool_grammar
-from .models import NamedToolChoice, ResponseCreateRequest
+from .models import ResponseCreateRequest
+from .tool_params import NamedToolChoice
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 Rules: a ``server_url`` is http(s) and its host passes the allowlist (``McpSettings``) before any
 connection is made; link-local and cloud-metadata addresses are refused whatever the list says.
-Each operation opens its own Streamable HTTP session (the official ``mcp`` SDK) with the request's
-``headers``, and is bounded by ``min(call_timeout_s, what is left of the response's deadline)``.
+Each operation opens its own session (the official ``mcp`` SDK) with the request's ``headers``:
+Streamable HTTP, or the old HTTP+SSE transport for a server that refuses the Streamable HTTP
+handshake with an error (not for one that cannot be reached). Each is bounded by
+``min(call_timeout_s, what is left of the response's deadline)``.
 Headers live only in this module's calls: they are never logged, stored or echoed. Every failure
 becomes an ``McpFailure`` with a message for the response (the SDK's errors say no more than that).
 """
@@ -20,7 +22,10 @@ from urllib.parse import urlsplit
 
 import httpx2
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 
 from ..errors import APIError
 
@@ -49,7 +54,20 @@ class McpSettings:
 
 
 class McpFailure(Exception):
-    """An MCP listing or call that did not succeed; ``str()`` is what the response says."""
+    """An MCP listing or call that did not succeed: ``str()`` is what the response says (a failed
+    listing's ``error``), ``error`` the failed call's ``mcp_call.error`` object: an
+    ``mcp_tool_execution_error`` (the tool ran and reported an error, its ``content``), an
+    ``http_error`` (the server answered with an HTTP error status) or an ``mcp_protocol_error``
+    (a JSON-RPC error: the server's, or the SDK's codes for a timeout, -32001, and for no
+    answer, -32000)."""
+
+    def __init__(self, message: str, error: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.error = error or protocol_error(CONNECTION_CLOSED, message)
+
+
+def protocol_error(code: int, message: str) -> dict[str, Any]:
+    return {"type": "mcp_protocol_error", "code": code, "message": message}
 
 
 def check_server_url(url: str, settings: McpSettings, param: str) -> None:
@@ -83,6 +101,7 @@ class McpServer:
     headers: dict[str, str]
     settings: McpSettings
     deadline: float = field(default=0.0)      # time.monotonic() after which nothing more runs
+    transport: str | None = None              # "streamable-http" or "sse", once one has worked
 
     async def list_tools(self, allowed: list[str] | None) -> list[dict[str, Any]]:
         """The server's tools (those in ``allowed``, if given) as ``mcp_list_tools`` entries."""
@@ -96,33 +115,70 @@ class McpServer:
         try:
             args = json.loads(arguments or "{}")
         except json.JSONDecodeError:
-            raise McpFailure(f"The arguments for '{name}' are not JSON.") from None
+            message = f"The arguments for '{name}' are not JSON."
+            raise McpFailure(message, protocol_error(INVALID_PARAMS, message)) from None
         result = await self._run(lambda c: c.call_tool(name, args), f"calling '{name}'")
         text = "\n".join(getattr(part, "text", "") for part in result.content)
         if result.is_error:
-            raise McpFailure(text or f"Tool '{name}' failed.")
+            content = [part.model_dump(mode="json", exclude_none=True) for part in result.content]
+            raise McpFailure(text or f"Tool '{name}' failed.",
+                             {"type": "mcp_tool_execution_error", "content": content})
         return text
 
     async def _run(self, operation: Any, what: str) -> Any:
         budget = min(self.settings.call_timeout_s, self.deadline - time.monotonic())
         if budget <= 0:
-            raise McpFailure(f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "
-                             f"passed before {what}.")
+            message = (f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "
+                       f"passed before {what}.")
+            raise McpFailure(message, protocol_error(REQUEST_TIMEOUT, message))
         try:
             async with asyncio.timeout(budget):
+                return await self._session(operation, budget)
+        except TimeoutError:
+            message = f"MCP server '{self.label}' did not answer within {budget:g} s while {what}."
+            raise McpFailure(message, protocol_error(REQUEST_TIMEOUT, message)) from None
+        except Exception as exc:       # the SDK raises exception groups, httpx and protocol errors
+            message = f"MCP server '{self.label}' failed while {what}: {_reason(exc)}"
+            raise McpFailure(message, _error_object(_innermost(exc), message)) from None
+
+    async def _session(self, operation: Any, budget: float) -> Any:
+        """Run ``operation`` over Streamable HTTP, or over HTTP+SSE when the server answered the
+        Streamable HTTP handshake with an error (an old server); the transport that worked is kept
+        for the response's later operations."""
+        connected = False
+        if self.transport != "sse":
+            try:
                 async with httpx2.AsyncClient(headers=self.headers, timeout=budget) as http:
                     async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                        connected, self.transport = True, "streamable-http"
                         return await operation(client)
-        except TimeoutError:
-            raise McpFailure(f"MCP server '{self.label}' did not answer within {budget:g} s "
-                             f"while {what}.") from None
-        except Exception as exc:       # the SDK raises exception groups, httpx and protocol errors
-            raise McpFailure(f"MCP server '{self.label}' failed while {what}: "
-                             f"{_reason(exc)}") from None
+            except Exception as exc:
+                if connected or self.transport is not None or not _not_streamable(exc):
+                    raise
+            self.transport = "sse"
+        async with Client(sse_client(self.url, headers=self.headers, timeout=budget,
+                                     sse_read_timeout=budget)) as client:
+            return await operation(client)
+
+
+def _error_object(exc: BaseException, message: str) -> dict[str, Any]:
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return {"type": "http_error", "code": exc.response.status_code, "message": message}
+    return protocol_error(exc.code if isinstance(exc, MCPError) else CONNECTION_CLOSED, message)
+
+
+def _not_streamable(exc: BaseException) -> bool:
+    """The server answered, but not as a Streamable HTTP server (an error status or reply)."""
+    return isinstance(_innermost(exc), (MCPError, httpx2.HTTPStatusError))
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _reason(exc: BaseException) -> str:
     """The innermost message of an exception group, without the headers it was sent with."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    exc = _innermost(exc)
     return f"{type(exc).__name__}: {exc}"[:300]

@@ -18,6 +18,7 @@ EXPECT = {   # a line each script must print
     "example_05_tool_calling.py": "model called get_weather(",
     "example_06_chat_mindie_timings.py": "decode timings for",
     "example_07_streaming_tool_calls.py": "get_current_weather {",
+    "example_08_mcp_tools.py": "called get_weather(",
 }
 
 

@@ -1,5 +1,6 @@
 """Remote MCP tools in the Responses API over a scripted backend, a real Redis and a real MCP
-server on loopback (tests/gateway/mcp_server.py): listing, calls, failures, safety."""
+server on loopback (tests/gateway/mcp_server.py): listing, calls, failures, safety. Streaming,
+background and approvals: test_responses_mcp_stream.py."""
 
 from __future__ import annotations
 
@@ -77,8 +78,10 @@ def test_a_failing_tool_is_an_error_item(http, fake, mcp_server):
     body = create(http, mcp_server.url).json()
     failed = body["output"][1]
     assert failed["type"] == "mcp_call" and failed["status"] == "failed" and failed["output"] is None
-    assert "explode" in failed["error"]
+    error = failed["error"]                           # the openai SDK's McpToolExecutionError
+    assert error["type"] == "mcp_tool_execution_error" and "explode" in error["content"][0]["text"]
     assert body["status"] == "completed" and body["output"][2]["content"][0]["text"] == "Sorry."
+    assert error["content"][0]["text"] in fake.prompts[-1][-1]["content"]      # the model read it
 
 
 def test_max_tool_calls_and_the_turn_limit(http, fake, mcp_server):
@@ -95,22 +98,18 @@ def test_unreachable_server_is_424_and_serving_goes_on(http, fake, mcp_server):
     assert create(http, mcp_server.url).status_code == 200
 
 
+def test_errors_name_the_tool_by_its_index_in_tools(http, fake):
+    function = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "tools": [
+        function, mcp_tool("http://127.0.0.1:1/mcp")]})
+    assert_error(r, 424, "tools[1]", "mcp_list_tools_failed")
+
+
 @pytest.mark.parametrize("url", ["http://example.com/mcp", "http://169.254.169.254/latest",
                                  "file:///etc/passwd", "http://[fe80::1]/mcp"])
 def test_disallowed_urls_are_400(http, fake, url):
     assert_error(create(http, url), 400, "tools[0].server_url", "invalid_value")
     assert fake.params == []
-
-
-@pytest.mark.parametrize("extra, param", [
-    ({"require_approval": "always"}, "tools[0].require_approval"),
-    ({"stream": True}, "stream"),
-])
-def test_what_is_not_built_yet_is_refused(http, fake, mcp_server, extra, param):
-    tool = mcp_tool(mcp_server.url, **{k: v for k, v in extra.items() if k == "require_approval"})
-    body = {k: v for k, v in extra.items() if k != "require_approval"}
-    r = http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "tools": [tool], **body})
-    assert_error(r, 400, param)
 
 
 def test_the_server_description_reaches_the_model(http, fake, mcp_server):
