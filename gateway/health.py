@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from .errors import APIError
 from .responses.state import ResponsesState, responses_state
+from .routing import RegistryView
 from .state import GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ async def ready(request: Request, state: GatewayState = Depends(gateway_state),
                 shared: ResponsesState = Depends(responses_state)) -> JSONResponse:
     (ok, reason), store = await asyncio.gather(_check(state), _store_down(shared))
     degraded = {"store": store} if store else {}
-    view = getattr(request.app.state.ops, "view", None)
-    if view is not None and (down_s := view.unreachable_for()) is not None:
+    view = request.app.state.ops.view
+    if isinstance(view, RegistryView) and (down_s := view.unreachable_for()) is not None:
         degraded["registry"] = (f"unreachable for {down_s:.1f} s; routing from the view read "
                                 f"{view.age:.1f} s ago (used up to {view.stale_s:g} s)")
     return JSONResponse({"status": "ready" if ok else "not_ready", "reason": reason,

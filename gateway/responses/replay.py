@@ -73,7 +73,8 @@ async def _status(store: ResponseStore, response_id: str) -> str | None:
     """The record's status; a running one whose runner is gone becomes ``failed`` (its
     ``response.failed`` event is then the next one to read)."""
     response = await store.get(response_id)
-    if response is not None and response["status"] in ACTIVE:
+    orphan = response is not None and response["status"] in ACTIVE and not await store.leased(response_id)
+    if orphan:
         response = await store.fail_orphan(response_id, ORPHANED)
     return None if response is None else response["status"]
 

@@ -174,6 +174,10 @@ class ResponseStore:
                     pipe.set(key, owner, px=self._lease_ms)
                 await pipe.execute()
 
+    async def leased(self, response_id: str) -> bool:
+        """Whether a replica holds the response's lease (one EXISTS; the common case of a read)."""
+        return await self._exists(response_id, "lease", "leased")
+
     async def fail_orphan(self, response_id: str, message: str) -> dict | None:
         """The response as it stands; one still running whose lease is gone is set ``failed``
         first (``message``), with a ``response.failed`` event after its last logged event."""
@@ -429,7 +433,7 @@ async def fetch(store: ResponseStore, response_id: str, param: str = "response_i
     deleted or another project's. A running one whose runner's lease is gone is ``failed`` first
     (``fail_orphan``)."""
     response = await _fetch_owned(store, response_id, "", param, project)
-    if response["status"] in ACTIVE:
+    if response["status"] in ACTIVE and not await store.leased(response_id):
         response = await store.fail_orphan(response_id, ORPHANED)
         if response is None:
             raise not_found(response_id, param)

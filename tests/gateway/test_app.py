@@ -8,9 +8,12 @@ import time
 import httpx
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
+from gateway.responses.store import ResponseStore
+from tandem.redis_server import EmbeddedRedis
 
 from .bad_requests import CASES, post_kwargs
 from .serving import serve
@@ -336,6 +339,18 @@ def test_ready_follows_backend(http, fake):
     fake.ready_result = lambda: (False, "no live decode worker")
     r = http.get("/ready")
     assert (r.status_code, r.json()["reason"]) == (503, "no live decode worker")
+
+
+def test_ready_lists_a_store_it_cannot_reach_as_degraded_but_stays_ready(http, fake, tmp_path):
+    r = http.get("/ready")                    # this app has no response store at all
+    assert r.status_code == 200 and "no response store" in r.json()["degraded"]["store"]
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = ResponseStore(aioredis.Redis.from_url(server.url, socket_timeout=0.5))
+        with serve(create_app(fake, GatewaySettings(served_model_name=MODEL), store)) as url:
+            assert httpx.get(f"{url}/ready").json()["degraded"] == {}
+            server.stop()
+            r = httpx.get(f"{url}/ready", timeout=10)
+    assert r.status_code == 200 and "unavailable" in r.json()["degraded"]["store"]
 
 
 def test_ready_is_503_when_the_check_fails_or_hangs(base_url, fake):

@@ -284,6 +284,10 @@ CALLS = {
     "request_cancel": lambda s: s.request_cancel(RID),
     "cancel_requested": lambda s: s.cancel_requested(RID),
     "cancels": lambda s: s.cancels().__aenter__(),
+    "ping": lambda s: s.ping(),
+    "leased": lambda s: s.leased(RID),
+    "renew_leases": lambda s: s.renew_leases([RID], "gw_a"),
+    "fail_orphan": lambda s: s.fail_orphan(RID, "gone"),
 }
 
 
