@@ -21,6 +21,7 @@ from ..params import OpenAIRequest
 UINT32_MAX = 2**32 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
+MAX_TOOLS = 128             # OpenAI's limit on ``tools``
 
 # OpenAI request fields that are not implemented → the values that mean "not used". null is
 # always accepted as "not used".
@@ -212,7 +213,7 @@ class ChatCompletionRequest(OpenAIRequest):
     # Tandem extensions
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)   # 0 disables top-k
     ignore_eos: bool | None = None
-    tools: list[ChatTool] | None = None
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -249,6 +250,11 @@ class ChatCompletionRequest(OpenAIRequest):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def token_limit_param(self) -> str:
+        """The field ``token_limit`` came from, for errors."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     @property
     def include_usage(self) -> bool:

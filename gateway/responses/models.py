@@ -23,7 +23,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from ..chat.models import INT64_MAX, INT64_MIN, UINT32_MAX
+from ..chat.models import INT64_MAX, INT64_MIN, MAX_TOOLS, UINT32_MAX
 from ..errors import UNION_TAG
 from ..params import OpenAIRequest
 
@@ -343,7 +343,7 @@ class ResponseCreateRequest(OpenAIRequest):
     top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     ignore_eos: bool | None = None
-    tools: list[ToolParam] | None = None
+    tools: list[ToolParam] | None = Field(None, max_length=MAX_TOOLS)
     max_tool_calls: int | None = Field(None, ge=0, le=UINT32_MAX)   # MCP calls, over all turns
     tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None

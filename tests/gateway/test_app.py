@@ -183,9 +183,9 @@ def test_bad_request_gets_openai_error(http, fake, case_body, status, param, cod
 
 
 def test_backend_refusal_is_400_naming_its_field(client, fake):
-    fake.script = refuse("max_tokens", "max_tokens 9000 + 5 prompt tokens exceeds the context")
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=HI, max_tokens=9000)
+    fake.script = refuse("max_tokens", "max_tokens 100 + 5 prompt tokens exceeds the context")
+    with pytest.raises(openai.BadRequestError) as e:     # a worker's own check (another context)
+        client.chat.completions.create(model=MODEL, messages=HI, max_tokens=100)
     assert e.value.status_code == 400 and e.value.param == "max_tokens"
     assert "exceeds the context" in e.value.message
 
