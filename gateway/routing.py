@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -42,6 +43,8 @@ import redis.asyncio as aioredis
 from services.registry import LIVE, WorkerInfo, parse_live, registry_keys
 
 from .backend import BackendUnavailable
+
+log = logging.getLogger(__name__)
 
 AFFINITY_SLACK = 0.5    # load units (a full batch is 1.0) a preferred worker may be above the least
 
@@ -134,7 +137,8 @@ class RegistryView:
         try:
             reply = await self._live(keys=self._keys)
         except redis.RedisError as exc:
-            raise BackendUnavailable(f"worker registry unreachable: {type(exc).__name__}: {exc}") from exc
+            log.warning("worker registry unreachable: %r", exc)   # its address: logs only
+            raise BackendUnavailable(f"worker registry unreachable ({type(exc).__name__})") from exc
         self._workers, self._read_at = parse_live(reply), time.monotonic()
         self._sent.clear()
         self._forget_republished(started)

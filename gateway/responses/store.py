@@ -37,6 +37,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +49,8 @@ import redis.asyncio as aioredis
 
 from ..auth import DEFAULT_PROJECT
 from ..errors import APIError
+
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"resp_[A-Za-z0-9_-]{1,200}")
 _NAMESPACE = re.compile(r"[\w.@:-]+")  # no glob characters
@@ -270,7 +273,8 @@ class ResponseStore:
         try:
             yield
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis {operation} failed ({type(exc).__name__}: {exc})") from exc
+            log.warning("Redis %s failed: %r", operation, exc)   # its address: logs only
+            raise StoreUnavailable(f"Redis {operation} failed ({type(exc).__name__})") from exc
 
 
 def _block_slice_ms(client: aioredis.Redis | None) -> int:
