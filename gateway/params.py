@@ -8,6 +8,8 @@
   server does not implement. A neutral value (``n=1``, ``tools=[]``, ``null``) asks for nothing and
   is accepted; any other value is a 400 ``unsupported_parameter``; a field missing from the table
   is a 400 ``unknown_parameter``. Both name the field.
+- ``JsonInt``: an integer field as JSON Schema counts integers (and the OpenAPI document says
+  ``integer``): ``4`` or ``4.0``, never ``4.5``, ``"4"`` or ``true``.
 - ``refuse_lone_surrogates``: JSON may escape half of a UTF-16 pair (``"\\ud800"``); such a
   string is not Unicode text, cannot be tokenized or stored, and is a 400 naming the field.
 - ``check_items`` and ``check_context``: the input limits both APIs share (a list longer than the
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Annotated, Any, ClassVar, Mapping, Protocol
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 from services.engine import InvalidRequestError, SamplingParams
@@ -38,6 +40,13 @@ from .errors import APIError
 CORRUPT_KV_HEADER = "x-tandem-test-corrupt-kv"
 TEST_HOOK_PREFIX = "x-tandem-test-"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class SamplingFields(Protocol):

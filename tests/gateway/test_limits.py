@@ -49,6 +49,12 @@ def base_url(backend, store):
 
 
 @pytest.fixture
+def http(base_url):
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
 def fake(backend):
     backend.reset()
     return backend
@@ -167,7 +173,12 @@ def test_body_over_the_limit_is_413(http, fake):
     assert fake.params == []
 
 
-@pytest.fixture
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=30) as c:
-        yield c
+
+def test_integral_numbers_are_integers_as_json_schema_says(http, fake):
+    """Found by fuzzing: the document says ``integer``, which JSON Schema takes 4.0 to be."""
+    r = responses(http, max_output_tokens=4.0, seed=7.0, top_k=0.0)
+    assert r.status_code == 200 and r.json()["max_output_tokens"] == 4
+    assert fake.params[-1].sampling.max_tokens == 4 and fake.params[-1].sampling.seed == 7
+    assert chat(http, max_tokens=2.0).status_code == 200
+    assert_error(chat(http, max_tokens=2.5), 400, "max_tokens", "invalid_type")
+    assert_error(chat(http, max_tokens="2"), 400, "max_tokens", "invalid_type")
