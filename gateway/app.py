@@ -10,6 +10,7 @@ Layout (one subpackage per concern):
     routing.py           worker choice over a local view of the registry
     generation.py        one request's token stream as the HTTP layer consumes it
     sse.py, errors.py, usage.py, params.py, middleware.py, disconnect.py   shared by both APIs
+    openapi.py           /openapi.json as the server really behaves (errors, strict bodies)
     ops/                 /metrics (Prometheus), /status (HTML), the metered backend and Redis
 
 The app talks to requests' runners only through ``Backend``. Stored responses live in a
@@ -31,6 +32,7 @@ from .chat import route as chat
 from .config import GatewaySettings
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
+from .openapi import install_openapi
 from .ops import OpsState
 from .ops import routes as ops_routes
 from .ops.backend import MeteredBackend
@@ -54,6 +56,7 @@ def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore
     app.state.gateway = GatewayState(MeteredBackend(backend, ops.metrics), settings)
     app.state.responses = ResponsesState.create(store or ResponseStore(None), event_log_batch)
     install_error_handlers(app)
+    install_openapi(app, settings.served_model_name)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, limits=limits)            # runs after auth
     app.add_middleware(AuthMiddleware, keys=keys or KeyRing(), auth_ops=settings.auth_ops)

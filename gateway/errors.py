@@ -22,10 +22,16 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 | anything unexpected (logged, no stack trace) | 500    | server_error          | null           |
 
 FastAPI's default 422 is never returned: request validation errors become 400s here.
+
+Nothing internal reaches a client: the 5xx messages are fixed sentences. A worker's error text,
+gRPC details, Redis errors (which name ``host:port``), worker ids, pids and stack traces go to the
+gateway's log under the request id (``x-request-id``) instead; the same holds for the ``error`` of
+a ``response.failed`` event and of a stored failed response, which carry these messages.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 from fastapi import FastAPI, Request
@@ -36,6 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.engine import InvalidRequestError
 
 from .backend import BackendUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -74,8 +82,15 @@ class APIError(Exception):
         return cls(status, message, type="server_error", code=code)
 
     @classmethod
-    def unavailable(cls, exc: BackendUnavailable) -> "APIError":
-        return cls.server(503, f"No worker could take the request: {exc}", code="backend_unavailable")
+    def unavailable(cls) -> "APIError":
+        """No worker could take the request (why, with addresses, is for the logs only)."""
+        return cls.server(503, "No worker could take the request right now; try again later.",
+                          code="backend_unavailable")
+
+    @classmethod
+    def worker_failed(cls) -> "APIError":
+        """A worker failed running the request (its error text is for the logs only)."""
+        return cls.server(502, "A worker failed while running the request.", code="worker_error")
 
     @classmethod
     def internal(cls) -> "APIError":
@@ -91,8 +106,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_engine_refusal(_: Request, exc: InvalidRequestError) -> JSONResponse:
         return APIError.from_engine(exc).response()
 
-    async def on_unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return APIError.unavailable(exc).response()
+    async def on_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        log.warning("request req_%s: no worker could take it: %s", request.state.request_id, exc)
+        return APIError.unavailable().response()
 
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error(exc.errors()).response()

@@ -85,12 +85,12 @@ class Generation:
         except InvalidRequestError as exc:
             raise APIError.from_engine(exc, self._param_names) from None
         except BackendUnavailable as exc:
-            raise APIError.unavailable(exc) from None
+            log.warning("request %s: no worker could take it: %s", self.request_id, exc)
+            raise APIError.unavailable() from None
 
     def _check(self, chunk: TokenChunk) -> None:
         if chunk.finish_reason == "error":
             log.warning("request %s: worker failure: %s", self.request_id, chunk.error)
-            raise APIError.server(502, f"A worker failed while running the request: "
-                                       f"{chunk.error or 'unknown error'}", code="worker_error")
+            raise APIError.worker_failed()
         if chunk.finish_reason == "abort":
             raise APIError.server(503, "The request was aborted by the server.", code="aborted")

@@ -8,8 +8,13 @@
   server does not implement. A neutral value (``n=1``, ``tools=[]``, ``null``) asks for nothing and
   is accepted; any other value is a 400 ``unsupported_parameter``; a field missing from the table
   is a 400 ``unknown_parameter``. Both name the field.
+- ``JsonInt``: an integer field as JSON Schema counts integers (and the OpenAPI document says
+  ``integer``): ``4`` or ``4.0``, never ``4.5``, ``"4"`` or ``true``.
 - ``refuse_lone_surrogates``: JSON may escape half of a UTF-16 pair (``"\\ud800"``); such a
   string is not Unicode text, cannot be tokenized or stored, and is a 400 naming the field.
+- ``check_items`` and ``check_context``: the input limits both APIs share (a list longer than the
+  server's maximum; a prompt plus its token limit over the model's context), each a 400 naming the
+  field, with the counts.
 - ``corrupt_kv_requested``: the ``x-tandem-test-corrupt-kv`` test hook header. Test hooks are
   honoured only with ``TANDEM_TEST_HOOKS`` on; otherwise any ``x-tandem-test-*`` header is a 400
   naming it (refused, never silently ignored), as is an unknown one when they are on.
@@ -21,10 +26,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Annotated, Any, ClassVar, Mapping, Protocol
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 from services.engine import InvalidRequestError, SamplingParams
@@ -35,6 +40,13 @@ from .errors import APIError
 CORRUPT_KV_HEADER = "x-tandem-test-corrupt-kv"
 TEST_HOOK_PREFIX = "x-tandem-test-"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class SamplingFields(Protocol):
@@ -69,6 +81,32 @@ def sampling_params(body: SamplingFields, *, max_tokens: int | None, stop: tuple
     except InvalidRequestError as exc:
         raise APIError.from_engine(exc, engine_params) from None
     return sampling
+
+
+def check_items(count: int, limit: int, param: str) -> None:
+    """At most ``limit`` elements in the list ``param`` (OpenAI's wording and code)."""
+    if count > limit:
+        raise APIError.invalid(f"Invalid '{param}': array too long. Expected an array with maximum "
+                               f"length {limit}, but got an array with length {count} instead.",
+                               param, code="array_above_max_length")
+
+
+def check_context(prompt_tokens: int, max_tokens: int | None, max_model_len: int, *,
+                  prompt_param: str, tokens_param: str) -> None:
+    """The prompt and its token limit (or one token to generate) fit the model's context."""
+    check_token_limit(max_tokens, max_model_len, tokens_param)
+    if prompt_tokens + (max_tokens or 1) > max_model_len:
+        wanted = f" + {tokens_param} {max_tokens}" if max_tokens else " + 1 token to generate"
+        raise APIError.invalid(f"The prompt has {prompt_tokens} tokens{wanted}, more than this "
+                               f"model's context of {max_model_len} tokens allows.", prompt_param,
+                               code="context_length_exceeded")
+
+
+def check_token_limit(max_tokens: int | None, max_model_len: int, param: str) -> None:
+    """A token limit leaves room for at least one prompt token."""
+    if max_tokens is not None and max_tokens >= max_model_len:
+        raise APIError.invalid(f"'{param}' is {max_tokens}; it must be less than this model's "
+                               f"context of {max_model_len} tokens.", param)
 
 
 def corrupt_kv_requested(request: Request, test_hooks: bool) -> bool:

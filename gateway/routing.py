@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -47,6 +48,8 @@ import redis.asyncio as aioredis
 from services.registry import LIVE, WorkerInfo, parse_live, registry_keys
 
 from .backend import BackendUnavailable
+
+log = logging.getLogger(__name__)
 
 AFFINITY_SLACK = 0.5    # load units (a full batch is 1.0) a preferred worker may be above the least
 READ_WAIT_S = 0.5       # the longest a request waits on a registry read while the last view is usable
@@ -184,6 +187,7 @@ class RegistryView:
             self._failing_since = self._failing_since or started
             self._retry_at = time.monotonic() + self.refresh_s
             self._error = f"{type(exc).__name__}: {exc}"
+            log.warning("worker registry unreachable: %r", exc)   # its address: logs only
             raise BackendUnavailable(self._unusable()) from exc
         self._workers, self._read_at, self._failing_since = parse_live(reply), time.monotonic(), None
         self._sent.clear()

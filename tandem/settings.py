@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(15.0, gt=0, description="a keep-alive comment on a stream "
                                                            "idle this long")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body (413 above)")
+    max_input_items: int = Field(2048, ge=1, description="most Chat `messages` or Responses `input` "
+                                 "items in one request (400 above; OpenAI's limit is 2048)")
     full_text: bool = Field(False, description="server default for MindIE `fullTextEnabled`")
     # -- remote MCP tools (docs/api.md "Remote MCP tools") ----------------------------------------
     mcp_allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="hosts a request's MCP "

@@ -16,11 +16,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..params import OpenAIRequest
+from ..params import JsonInt, OpenAIRequest
 
 UINT32_MAX = 2**32 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
+MAX_TOOLS = 128             # OpenAI's limit on ``tools``
 
 # OpenAI request fields that are not implemented → the values that mean "not used". null is
 # always accepted as "not used".
@@ -199,20 +200,20 @@ class ChatCompletionRequest(OpenAIRequest):
 
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
-    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    max_tokens: JsonInt | None = Field(None, ge=1, le=UINT32_MAX)
+    max_completion_tokens: JsonInt | None = Field(None, ge=1, le=UINT32_MAX)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    seed: JsonInt | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: Annotated[StopList | None, BeforeValidator(_one_or_more)] = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     full_text_enabled: bool | None = Field(None, alias="fullTextEnabled")
     user: str | None = None             # an opaque end-user tag: logged with the request
     # Tandem extensions
-    top_k: int | None = Field(None, ge=0, le=UINT32_MAX)   # 0 disables top-k
+    top_k: JsonInt | None = Field(None, ge=0, le=UINT32_MAX)   # 0 disables top-k
     ignore_eos: bool | None = None
-    tools: list[ChatTool] | None = None
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -249,6 +250,11 @@ class ChatCompletionRequest(OpenAIRequest):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def token_limit_param(self) -> str:
+        """The field ``token_limit`` came from, for errors."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     @property
     def include_usage(self) -> bool:

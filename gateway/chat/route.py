@@ -28,8 +28,8 @@ from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..generation import Generation
 from ..middleware import arrival, request_id
-from ..params import (check_model, corrupt_kv_requested, debug_headers, refuse_lone_surrogates,
-                      sampling_params)
+from ..params import (check_context, check_items, check_model, corrupt_kv_requested, debug_headers,
+                      refuse_lone_surrogates, sampling_params)
 from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
@@ -51,12 +51,15 @@ ENGINE_PARAMS = {"prompt": "messages"}
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  state: GatewayState = Depends(gateway_state)) -> Response:
     check_model(body.model, state.settings.served_model_name)
+    check_items(len(body.messages), state.settings.max_input_items, "messages")
     refuse_lone_surrogates(body)
     constraints = chat_constraints(body)
     params = await to_generate_params(body, state.backend, f"chatcmpl-{request_id(request)}",
                                       test_corrupt_kv=corrupt_kv_requested(
                                           request, state.settings.test_hooks),
                                       constraints=constraints)
+    check_context(len(params.prompt_token_ids), body.token_limit, state.backend.max_model_len,
+                  prompt_param="messages", tokens_param=body.token_limit_param)
     log.info("%s: %d prompt tokens, stream=%s, user=%s", params.request_id,
              len(params.prompt_token_ids), bool(body.stream), body.user)
     generation = Generation(state.backend, params, arrival(request), state.settings.request_timeout_s,

@@ -28,6 +28,7 @@ from services.engine import InvalidRequestError
 from ..auth import DEFAULT_PROJECT
 from ..backend import Backend
 from ..errors import APIError
+from ..params import check_token_limit
 from ..tools.definitions import FunctionTool
 from ..tools.prompt import render
 from .models import (FunctionCallInput, FunctionCallOutputInput, InputMessage, McpApprovalResponseInput,
@@ -64,9 +65,7 @@ async def turn_prompt(items: list[dict[str, Any]], body: ResponseCreateRequest, 
                       tools: list[FunctionTool] | None) -> "Prompt":
     """The prompt of ``items`` (one model turn) under the request's instructions and limits."""
     max_model_len = backend.max_model_len
-    if body.max_output_tokens is not None and body.max_output_tokens >= max_model_len:
-        raise APIError.invalid(f"max_output_tokens must be less than this model's context of "
-                               f"{max_model_len} tokens.", "max_output_tokens")
+    check_token_limit(body.max_output_tokens, max_model_len, "max_output_tokens")
     try:
         prompt = await asyncio.to_thread(
             build_prompt, lambda messages: backend.chat_prompt(render(messages, tools or [])), items,

@@ -24,9 +24,9 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from ..chat.models import INT64_MAX, INT64_MIN, UINT32_MAX
+from ..chat.models import INT64_MAX, INT64_MIN, MAX_TOOLS, UINT32_MAX
 from ..errors import UNION_TAG
-from ..params import OpenAIRequest
+from ..params import JsonInt, OpenAIRequest
 from .tool_params import FunctionToolParam, McpToolParam, NamedToolChoice, ToolParam
 
 MAX_METADATA_PAIRS = 16
@@ -274,7 +274,7 @@ class ResponseCreateRequest(OpenAIRequest):
     model: str
     input: Annotated[list[InputItem], BeforeValidator(_input_items), Field(min_length=1)]
     instructions: str | None = None
-    max_output_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    max_output_tokens: JsonInt | None = Field(None, ge=1, le=UINT32_MAX)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     store: bool | None = None
@@ -286,11 +286,11 @@ class ResponseCreateRequest(OpenAIRequest):
     stream_options: StreamOptions | None = None
     background: bool | None = None
     # Tandem extensions (as in Chat Completions)
-    top_k: int | None = Field(None, ge=0, le=UINT32_MAX)
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    top_k: JsonInt | None = Field(None, ge=0, le=UINT32_MAX)
+    seed: JsonInt | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     ignore_eos: bool | None = None
-    tools: list[ToolParam] | None = None
-    max_tool_calls: int | None = Field(None, ge=0, le=UINT32_MAX)   # MCP calls, over all turns
+    tools: list[ToolParam] | None = Field(None, max_length=MAX_TOOLS)
+    max_tool_calls: JsonInt | None = Field(None, ge=0, le=UINT32_MAX)   # MCP calls, over all turns
     tool_choice: Literal["auto", "none", "required", "any"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextParam | None = None

@@ -31,8 +31,8 @@ from ..disconnect import unless_disconnected
 from ..generation import Generation
 from ..auth import project
 from ..middleware import arrival, request_id
-from ..params import (check_model, corrupt_kv_requested, debug_headers, refuse_lone_surrogates,
-                      sampling_params)
+from ..params import (check_items, check_model, corrupt_kv_requested, debug_headers,
+                      refuse_lone_surrogates, sampling_params)
 from ..routing import affinity_key
 from ..sse import SSEResponse
 from ..state import GatewayState, gateway_state
@@ -58,6 +58,7 @@ async def create_response(body: ResponseCreateRequest, request: Request,
                           shared: ResponsesState = Depends(responses_state)) -> Response:
     settings = state.settings
     check_model(body.model, settings.served_model_name)
+    check_items(len(body.input), settings.max_input_items, "input")
     refuse_lone_surrogates(body)
     response_id = f"resp_{request_id(request)}"
     log_events = body.keep and bool(body.stream or body.background)

@@ -47,6 +47,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -62,6 +63,8 @@ from .object import ACTIVE
 
 ORPHANED = ("The gateway running this response stopped before it finished (its lease expired); "
             "the response did not complete.")
+
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"resp_[A-Za-z0-9_-]{1,200}")
 _NAMESPACE = re.compile(r"[\w.@:-]+")  # no glob characters
@@ -363,7 +366,8 @@ class ResponseStore:
         try:
             yield
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis {operation} failed ({type(exc).__name__}: {exc})") from exc
+            log.warning("Redis %s failed: %r", operation, exc)   # its address: logs only
+            raise StoreUnavailable(f"Redis {operation} failed ({type(exc).__name__})") from exc
 
 
 def _block_slice_ms(client: aioredis.Redis | None) -> int:

@@ -142,9 +142,10 @@ class KvPuller:
         channel = self._channels.get(address)
         if channel is not None and not channel.broken:
             return channel
-        key = f"pair/{self.worker_id}/{secrets.token_hex(16)}"   # unguessable: only Pair carries it
+        key = f"pair/{self.worker_id}/{secrets.token_hex(16)}"   # fresh; the hello proves the secret
         joining = self._connects.submit(KvChannel.connect, self.store.host, self.store.port, key, rank=1,
-                                        device=self.device, timeout_s=self.timeout_s, bind_host=self.store.host)
+                                        device=self.device, timeout_s=self.timeout_s, bind_host=self.store.host,
+                                        secret=self.secret)
         try:
             self.stub(address).Pair(pb.PairRequest(
                 decode_worker_id=self.worker_id, store_host=self.store.host, store_port=self.store.port,

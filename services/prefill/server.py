@@ -117,7 +117,7 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         try:
             channel = KvChannel.connect(request.store_host, request.store_port, request.pair_key, rank=0,
                                         device=self.engine.device, timeout_s=request.timeout_seconds,
-                                        bind_host=self.config.dial_host)
+                                        bind_host=self.config.dial_host, secret=self.config.secret)
         except KvTransferError as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"pairing failed: {e}")
         with self._lock:

@@ -14,10 +14,18 @@ Rules:
   (gloo cannot cancel one), an NCCL op is aborted.
 - A transfer whose header or checksum does not verify still consumed its whole message, so the
   channel stays usable; only that transfer's KV is rejected.
+- Trust: the store is plain TCP and anyone who reaches it can list its keys, pair key included
+  (``TCPStore.list_keys``). So the pair key alone proves nothing: in the hello each end sends
+  HMAC-SHA256(worker secret, pair key and its rank), the sender first, and each checks the other's
+  (constant time). A peer without the worker secret (one that did not come through the
+  authenticated gRPC ``Pair``) fails the hello and the receiver never takes KV from it. Workers
+  without a secret (``TANDEM_INSECURE_WORKERS``) prove nothing this way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import threading
@@ -35,7 +43,6 @@ from .header import HEADER_BYTES, VERSION, KvHeader
 
 SENDER, RECEIVER = 0, 1
 _TAG_HELLO, _TAG_HEADER, _TAG_PAYLOAD = 0, 1, 2   # gloo matches by tag too; NCCL ignores tags
-_HELLO = 0x54414E44454D4B56                       # b"TANDEMKV" as an int64
 _LOCK_WAITS = 3                                   # an operation holds the lock for at most ~2 op timeouts
 
 
@@ -51,9 +58,10 @@ class KvChannel:
     """
 
     def __init__(self, pg: dist.ProcessGroup, store: dist.Store, pair_key: str, rank: int,
-                 device: torch.device, timeout_s: float):
+                 device: torch.device, timeout_s: float, secret: str = ""):
         """Use ``connect``."""
         self.pair_key = pair_key
+        self._secret = secret.encode()
         self.rank = rank
         self.device = device
         self.backend = backend_for(device)
@@ -66,14 +74,15 @@ class KvChannel:
     @classmethod
     def connect(cls, store_host: str, store_port: int, pair_key: str, rank: int,
                 device: torch.device | str, timeout_s: float, store: dist.Store | None = None,
-                bind_host: str = "127.0.0.1") -> KvChannel:
+                bind_host: str = "127.0.0.1", secret: str = "") -> KvChannel:
         """Join pair ``pair_key`` as ``rank``; returns once both ends exchanged a hello over the group.
 
         Both ends call this concurrently; it raises ``KvTransferError`` within about ``timeout_s``
         if the other end does not show up or speaks another backend or version. By default it opens
         its own client of the store; pass ``store`` only if no other thread uses that object.
         ``bind_host`` is this end's advertised address: gloo listens for its peer there only (NCCL
-        picks its interface from ``NCCL_SOCKET_IFNAME``).
+        picks its interface from ``NCCL_SOCKET_IFNAME``). ``secret``: the worker secret both ends
+        prove in the hello; a peer that proves another is refused (``KvTransferError``).
         """
         if rank not in (SENDER, RECEIVER) or not pair_key:
             raise ValueError(f"rank must be 0 or 1 and pair_key non-empty, got {rank}, {pair_key!r}")
@@ -92,7 +101,7 @@ class KvChannel:
         except RuntimeError as e:
             raise KvTransferError(f"pairing {pair_key!r} as rank {rank} through {store_host}:{store_port} "
                                   f"failed: {_first_line(e)}") from e
-        channel = cls(pg, store, pair_key, rank, device, timeout_s)
+        channel = cls(pg, store, pair_key, rank, device, timeout_s, secret)
         try:
             channel._hello(_left(deadline))
         except KvTransferError:
@@ -189,11 +198,24 @@ class KvChannel:
         return f"KvChannel({self.pair_key!r}, rank={self.rank}, {self.backend} on {self.device}, {state})"
 
     def _hello(self, timeout: timedelta) -> None:
-        token = torch.tensor([_HELLO if self.rank == SENDER else 0], dtype=torch.int64, device=self.device)
+        """Each end proves the worker secret; the receiver checks before it answers."""
         with self._exclusive("hello"):
-            self._p2p("send" if self.rank == SENDER else "recv", token, _TAG_HELLO, "hello", timeout)
-            if int(token.item()) != _HELLO:
-                raise self._break(f"pair {self.pair_key!r}: the peer's hello was {int(token.item()):#x}")
+            if self.rank == SENDER:
+                self._p2p("send", self._proof(self.rank), _TAG_HELLO, "hello", timeout)
+            self._check_proof(timeout)
+            if self.rank == RECEIVER:
+                self._p2p("send", self._proof(self.rank), _TAG_HELLO, "hello", timeout)
+
+    def _proof(self, rank: int) -> torch.Tensor:
+        digest = hmac.new(self._secret, f"tandem-kv-hello/{self.pair_key}/{rank}".encode(), hashlib.sha256)
+        return torch.frombuffer(bytearray(digest.digest()), dtype=torch.int64).to(self.device)
+
+    def _check_proof(self, timeout: timedelta) -> None:
+        got = torch.zeros(4, dtype=torch.int64, device=self.device)
+        self._p2p("recv", got, _TAG_HELLO, "hello", timeout)
+        expected = self._proof(1 - self.rank)
+        if not hmac.compare_digest(got.cpu().numpy().tobytes(), expected.cpu().numpy().tobytes()):
+            raise self._break(f"pair {self.pair_key!r}: the peer did not prove the worker secret")
 
     def _recv_header(self, what: str) -> KvHeader:
         buf = torch.empty(HEADER_BYTES, dtype=torch.uint8, device=self.device)

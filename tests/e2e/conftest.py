@@ -46,9 +46,9 @@ class Stack:
 
         return secret_channel(address, self.worker_secret)
 
-    def start_gateway(self, **env: str) -> tuple[subprocess.Popen, str]:
+    def start_gateway(self, log: Path | None = None, **env: str) -> tuple[subprocess.Popen, str]:
         """Another gateway process on this stack's Redis and workers (``start_gateway``)."""
-        return start_gateway(self.redis_url, TANDEM_WORKER_SECRET=self.worker_secret, **env)
+        return start_gateway(self.redis_url, log, TANDEM_WORKER_SECRET=self.worker_secret, **env)
 
     def start_decode_worker(self, worker_id: str, **env: str) -> subprocess.Popen:
         """Another decode worker on this stack, returned once it is in the registry."""
@@ -76,14 +76,18 @@ class Stack:
         return out
 
 
-def start_gateway(redis_url: str, **env: str) -> tuple[subprocess.Popen, str]:
-    """A ``tandem gateway`` process on ``redis_url``; (process, base URL) once ``/ready`` is 200."""
+def start_gateway(redis_url: str, log: Path | None = None, **env: str) -> tuple[subprocess.Popen, str]:
+    """A ``tandem gateway`` process on ``redis_url`` (its output to the file ``log``, if given);
+    (process, base URL) once ``/ready`` is 200."""
     import httpx
 
     port = free_port()
+    out = open(log, "w") if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "gateway", "--port", str(port)],
                             env=dict(os.environ, TANDEM_REDIS_URL=redis_url, **env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=out, stderr=subprocess.STDOUT)
+    if log is not None:
+        out.close()             # the child holds its own copy
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

@@ -114,11 +114,10 @@ def test_corrupted_kv_fails_closed(stack):
     client = stack.client()
     with pytest.raises(openai.APIStatusError) as e:
         chat(client, max_tokens=10, extra_headers={"x-tandem-test-corrupt-kv": "1"})
-    assert e.value.status_code >= 500
-    assert "checksum" in e.value.message.lower()
+    assert e.value.status_code == 502 and e.value.code == "worker_error"   # why: in the logs only
     with pytest.raises(openai.APIError) as e:
         stream_chat(client, max_tokens=10, extra_headers={"x-tandem-test-corrupt-kv": "1"})
-    assert "checksum" in str(e.value).lower()
+    assert "worker failed" in str(e.value) and "checksum" not in str(e.value).lower()
     assert "Paris" in chat(client, max_tokens=20).choices[0].message.content   # still serving
 
 

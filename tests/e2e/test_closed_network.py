@@ -19,8 +19,16 @@ def test_a_raw_grpc_call_without_the_secret_is_refused(stack, role, metadata):
     [worker] = stack.registry().live(role)
     with grpc.insecure_channel(worker.address) as channel:
         stub = rpc.PrefillServiceStub(channel) if role == "prefill" else rpc.DecodeServiceStub(channel)
-        for call in (lambda: stub.Status(pb.StatusRequest(), timeout=5, metadata=metadata),
-                     lambda: stub.Abort(pb.AbortRequest(request_id="victim"), timeout=5, metadata=metadata)):
+        calls = [lambda: stub.Status(pb.StatusRequest(), timeout=5, metadata=metadata),
+                 lambda: stub.Abort(pb.AbortRequest(request_id="victim"), timeout=5, metadata=metadata)]
+        if role == "prefill":     # pairing: the only way to a KV channel (its hello proves the secret)
+            calls.append(lambda: stub.Pair(pb.PairRequest(decode_worker_id="intruder", store_host="127.0.0.1",
+                                                          store_port=1, pair_key="pair/x/y", timeout_seconds=1),
+                                           timeout=5, metadata=metadata))
+        else:                     # arbitrary token ids straight to the model, past every gateway check
+            calls.append(lambda: list(stub.Generate(pb.GenerateRequest(request_id="raw", prompt_token_ids=[1, 2]),
+                                                    timeout=5, metadata=metadata)))
+        for call in calls:
             with pytest.raises(grpc.RpcError) as e:
                 call()
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED

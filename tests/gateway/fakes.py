@@ -30,7 +30,16 @@ def words(*texts: str, finish: str = "stop", prompt_tokens: int = 5, delay: floa
     return script
 
 
-def fail_after(*texts: str, error: str = "decode worker lost") -> Script:
+# What a worker's error text may hold: none of it may reach a client (errors.py).
+INTERNAL_ERROR = "prefill worker pw-1a2b (pid 4242) at 10.0.0.7:50051 failed"
+
+
+def leaked(text: str) -> bool:
+    """Whether ``text`` carries any piece of ``INTERNAL_ERROR``."""
+    return any(piece in text for piece in ("pw-1a2b", "4242", "10.0.0.7", "50051"))
+
+
+def fail_after(*texts: str, error: str = INTERNAL_ERROR) -> Script:
     async def script(params: GenerateParams) -> AsyncIterator[TokenChunk]:
         for i, text in enumerate(texts):
             yield TokenChunk([100 + i], text, time.perf_counter())

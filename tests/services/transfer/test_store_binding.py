@@ -1,15 +1,24 @@
-"""The KV store listens on its advertised address only, and a pair forms only under its own key."""
+"""The KV store listens on its advertised address only; a pair forms only under its own key and only
+with a peer that proves the worker secret (one that read the key from the store does not)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
+import time
 from concurrent import futures
+from datetime import timedelta
 
 import psutil
 import pytest
+import torch
+import torch.distributed as dist
 
 from services.transfer import KvChannel, KvStoreServer, KvTransferError
+
+
+_PAIR_KEY = re.compile(r"tandem/kv/(pair/[^/]+/[0-9a-f]+)/")
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -40,6 +49,45 @@ def test_a_peer_with_another_pair_key_never_reaches_the_receiver():
         for joining in (receiver, intruder):
             with pytest.raises(KvTransferError):
                 joining.result(timeout=30)
+
+
+def test_a_peer_that_read_the_key_from_the_store_but_lacks_the_secret_is_refused():
+    """The store is plain TCP: anyone reaching it can list the pair key. Without the worker secret
+    the intruder fails the hello, and the receiver never hands out a channel to take KV on."""
+    with KvStoreServer("127.0.0.1") as server, futures.ThreadPoolExecutor(1) as pool:
+        key = f"pair/test/{secrets.token_hex(16)}"
+        receiver = pool.submit(KvChannel.connect, "127.0.0.1", server.port, key, 1, "cpu", 3.0,
+                               secret="the-worker-secret")
+        listed = _listed_pair_key(server.port, key)
+        assert listed == key                                   # what an outsider can read
+        with pytest.raises(KvTransferError):
+            KvChannel.connect("127.0.0.1", server.port, listed, 0, "cpu", 3.0, secret="a-guess")
+        with pytest.raises(KvTransferError, match="did not prove the worker secret"):
+            receiver.result(timeout=30)
+
+
+def test_peers_with_the_same_secret_pair_and_move_kv():
+    with KvStoreServer("127.0.0.1") as server, futures.ThreadPoolExecutor(1) as pool:
+        key = f"pair/test/{secrets.token_hex(16)}"
+        joining = pool.submit(KvChannel.connect, "127.0.0.1", server.port, key, 1, "cpu", 5.0, secret="s")
+        sender = KvChannel.connect("127.0.0.1", server.port, key, 0, "cpu", 5.0, secret="s")
+        receiver = joining.result(timeout=30)
+        kv = torch.randn(2, 2, 3, 1, 4)
+        receiving = pool.submit(receiver.recv, "r1", kv.shape, kv.dtype)
+        sender.send("r1", kv)
+        assert torch.equal(receiving.result(timeout=30), kv)
+        sender.close(), receiver.close()
+
+
+def _listed_pair_key(port: int, key: str) -> str:
+    """The pair key as an unauthenticated store client finds it (waiting for the receiver's keys)."""
+    client = dist.TCPStore("127.0.0.1", port, is_master=False, wait_for_workers=False,
+                           timeout=timedelta(seconds=3))
+    deadline = time.monotonic() + 10
+    while not (found := [m for k in client.list_keys() if (m := _PAIR_KEY.match(k))]):
+        assert time.monotonic() < deadline, "the receiver's keys never appeared"
+        time.sleep(0.05)
+    return found[0].group(1)
 
 
 def _non_loopback_address() -> str | None:
