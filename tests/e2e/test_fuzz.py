@@ -80,7 +80,7 @@ def test_fuzz(schema, root, method, path, mode):
               suppress_health_check=list(HealthCheck))
     def run(case):
         bound_generation(case)
-        statuses.append(case.call_and_validate(base_url=root, checks=CHECKS, timeout=120).status_code)
+        statuses.append(case.call_and_validate(base_url=root, checks=CHECKS, timeout=300).status_code)
 
     run()
     if path in TOKEN_LIMITS and mode == GenerationMode.POSITIVE:
