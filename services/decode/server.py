@@ -37,7 +37,7 @@ from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvTransferError
-from services.worker import WorkerConfig, abort_invalid, worker_status
+from services.worker import CallCounter, WorkerConfig, abort_invalid, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,13 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.config = config
         self.puller = puller
         self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
+        self.calls = CallCounter()
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
+        with self.calls:
+            yield from self._generate(request, context)
+
+    def _generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         rid = request.request_id
         arrival = time.perf_counter()
         params = wire.sampling_from_proto(request.sampling)
@@ -233,4 +238,4 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
-        return worker_status(self.engine)
+        return worker_status(self.loop, self.calls, kv_peers=self.puller.peers() if self.puller else 0)
