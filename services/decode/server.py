@@ -19,6 +19,7 @@ Cancelling the stream aborts the request here and on the prefill worker, freeing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -58,8 +59,14 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.calls = CallCounter()
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
-        with self.calls:
+        with self.calls, self._peer(request.prefill_address):
             yield from self._generate(request, context)
+
+    def _peer(self, address: str):
+        """Keep the prefill worker's channel open while this request may call it."""
+        if self.puller is None or not address:
+            return contextlib.nullcontext()
+        return self.puller.using(address)
 
     def _generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         rid = request.request_id

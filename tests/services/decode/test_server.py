@@ -67,6 +67,10 @@ class FakePuller:
     def stub(self, address):
         return self.prefill
 
+    @contextmanager
+    def using(self, address):
+        yield self.prefill
+
     def pull(self, address, request_id, kv, start_token=0):
         if self.error:
             raise self.error
