@@ -15,6 +15,7 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 |   (named by previous_response_id)            | 404    | invalid_request_error | previous_resp… |
 | a worker fails before the first token        | 502    | server_error          | null           |
 | no worker can take it (BackendUnavailable)   | 503    | server_error          | null           |
+| the gateway's queue is full (admission.py)   | 503 + Retry-After | server_error | null           |
 | the request was aborted by the system        | 503    | server_error          | null           |
 | the response store (Redis) is unreachable    | 503    | server_error          | null           |
 | a request body over TANDEM_MAX_BODY_BYTES    | 413    | invalid_request_error | null           |
@@ -35,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.engine import InvalidRequestError
 
+from .admission import Overloaded
 from .backend import BackendUnavailable
 
 
@@ -75,6 +77,10 @@ class APIError(Exception):
 
     @classmethod
     def unavailable(cls, exc: BackendUnavailable) -> "APIError":
+        if isinstance(exc, Overloaded):   # nothing reached a worker: the client may come back
+            return cls(503, f"The server is overloaded ({exc}); retry after {exc.retry_after_s} s.",
+                       type="server_error", code="overloaded",
+                       headers={"retry-after": str(exc.retry_after_s)})
         return cls.server(503, f"No worker could take the request: {exc}", code="backend_unavailable")
 
     @classmethod

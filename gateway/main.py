@@ -49,6 +49,8 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
         served_model_name=name, full_text_enabled_default=settings.full_text,
         request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,
         sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes,
+        max_inflight_requests=settings.max_inflight_requests,
+        max_queued_requests=settings.max_queued_requests, queue_timeout_s=settings.queue_timeout_s,
         auth_ops=settings.auth_ops, debug_headers=settings.debug_headers,
         test_hooks=settings.test_hooks, mcp=McpSettings(
             McpSettings.parse_hosts(settings.mcp_allowed_hosts), settings.mcp_call_timeout_s,

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(15.0, gt=0, description="a keep-alive comment on a stream "
                                                            "idle this long")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body (413 above)")
+    max_inflight_requests: int = Field(256, ge=1, description="generations one gateway runs at "
+                                       "once (gateway/admission.py); more wait in its queue")
+    max_queued_requests: int = Field(256, ge=0, description="generations one gateway lets wait "
+                                     "for a slot; beyond that: 503 `overloaded` with Retry-After")
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait in the gateway's queue "
+                                   "(then 503 `overloaded` with Retry-After)")
     full_text: bool = Field(False, description="server default for MindIE `fullTextEnabled`")
     # -- remote MCP tools (docs/api.md "Remote MCP tools") ----------------------------------------
     mcp_allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="hosts a request's MCP "
