@@ -15,7 +15,7 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 |   (named by previous_response_id)            | 404    | invalid_request_error | previous_resp… |
 | a worker fails before the first token        | 502    | server_error          | null           |
 | no worker can take it (BackendUnavailable)   | 503    | server_error          | null           |
-| the gateway's queue is full (admission.py)   | 503 + Retry-After | server_error | null           |
+| queue full (admission.py), worker at capacity | 503 + Retry-After | server_error | null          |
 | the request was aborted by the system        | 503    | server_error          | null           |
 | the response store (Redis) is unreachable    | 503    | server_error          | null           |
 | a request body over TANDEM_MAX_BODY_BYTES    | 413    | invalid_request_error | null           |

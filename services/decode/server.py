@@ -213,8 +213,11 @@ class DecodeServicer(rpc.DecodeServiceServicer):
                 abort_invalid(context, InvalidRequestError(field, e.details()))
             failed = "prefill" if e.code() == grpc.StatusCode.UNAVAILABLE else "none"
             context.set_trailing_metadata(((wire.FAILED_KEY, failed),))
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {request.prefill_address} failed: "
-                                                       f"{e.code().name}: {e.details()}")
+            # a prefill worker at its held-KV cap is busy, not failing: the gateway's 503 says
+            # when to come back (Retry-After)
+            busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
+                          f"prefill worker {request.prefill_address} failed: {e.code().name}: {e.details()}")
 
     def _reserve(self, rid: str, cancelled: threading.Event) -> int:
         """Wait until the prompt's blocks are allocated here; return how many leading prompt tokens
