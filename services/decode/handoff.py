@@ -100,12 +100,13 @@ class KvPuller:
         """Close and forget every peer not at one of ``addresses`` (the live prefill workers)
         that no request is ``using``."""
         with self._guard:
-            gone = (self._grpc.keys() | self._channels.keys() | self._locks.keys()) - addresses
+            gone = {a for a in (self._grpc.keys() | self._channels.keys() | self._locks.keys()) - addresses
+                    if not self._users[a]}    # in use: a later round forgets it
         for address in gone:
             with self._lock_for(address):     # waits for a pull in progress on it
                 with self._guard:
-                    if self._users[address]:
-                        continue              # in use: a later round forgets it
+                    if self._users[address]:  # a request took it up meanwhile
+                        continue
                     grpc_channel = self._grpc.pop(address, None)
                     self._stubs.pop(address, None)
                     self._locks.pop(address, None)
