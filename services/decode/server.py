@@ -89,7 +89,8 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         else:
             prefill = self.puller.stub(request.prefill_address)
         cancelled = threading.Event()
-        context.add_callback(cancelled.set)
+        if not context.add_callback(cancelled.set):   # the caller left before this handler ran
+            cancelled.set()
         outputs = self.loop.subscribe(rid)
         clean = False
         try:

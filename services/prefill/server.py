@@ -84,8 +84,11 @@ class PrefillServicer(rpc.PrefillServiceServicer):
             abort_invalid(context, e)
         replied = threading.Event()
         # A caller that leaves (cancel, deadline, dead peer) aborts the request, which hands the
-        # wait below its final output: no server thread is held for a caller that is gone.
-        context.add_callback(lambda: None if replied.is_set() else self.loop.abort(rid))
+        # wait below its final output: no server thread is held for a caller that is gone. One
+        # that left before the callback could be registered (a busy server starts handlers late,
+        # after the caller gave up) is aborted here: its KV is never held for nobody.
+        if not context.add_callback(lambda: None if replied.is_set() else self.loop.abort(rid)):
+            self.loop.abort(rid)
         self.loop.wake()
         try:
             out = outputs.get(timeout=_wait_s(context, self.config.request_timeout_s))

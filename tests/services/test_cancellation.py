@@ -141,3 +141,26 @@ def test_status_never_waits_for_a_model_step(stopped_loop):
         assert time.monotonic() - started < 1 and status.total_blocks > 0
     finally:
         release.set()
+
+
+def test_a_prompt_whose_caller_left_before_it_was_admitted_is_dropped_at_once(stopped_loop):
+    # a busy prefill worker runs a handler late: the caller (and its Abort) left before the
+    # prompt reached the engine, so nothing will ever come for its KV
+    servicer = PrefillServicer(stopped_loop, WorkerConfig(role="prefill", worker_id="p-test",
+                                                          request_timeout_s=60))
+    server, port = grpc_server(servicer.config)
+    rpc.add_PrefillServiceServicer_to_server(servicer, server)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with servicer._lock:   # the handler waits in its held-KV admission
+                call = rpc.PrefillServiceStub(channel).Prefill.future(pb.PrefillRequest(
+                    request_id="late", prompt_token_ids=[1, 2, 3], sampling=sampling()), timeout=30)
+                wait_until(lambda: servicer.calls.value == 1, within=5)
+                call.cancel()
+                time.sleep(1)      # the cancellation reached the server
+            wait_until(lambda: servicer.calls.value == 0, within=2)
+        counts = stopped_loop.engine.request_counts()
+        assert (counts.live, counts.held, stopped_loop.subscribers) == (0, 0, 0)
+    finally:
+        server.stop(0)
