@@ -139,7 +139,8 @@ def test_1000_connect_then_disconnect_cycles_leave_no_request_state_and_no_rss_g
     grown = {name: round(rss_mib(pid) - baseline[name], 1) for name, pid in pids.items()}
     print(f"\n{CYCLES} cycles in {elapsed:.1f} s at concurrency {CHURN_CONCURRENCY}; "
           f"RSS baseline MiB {({k: round(v) for k, v in baseline.items()})}, growth MiB {grown}")
-    assert all(v == 0 for c in counts.values() for v in c.values()), counts
+    assert all(v == 0 for c in counts.values() for v in c.values()), \
+        {worker: {name: v for name, v in c.items() if v} for worker, c in counts.items()}
     assert all(g < RSS_MARGIN_MIB for g in grown.values()), grown
     decode = own_stack.worker_status("decode")[0]
     assert decode.kv_peers <= 1                 # one prefill worker, one peer at most
@@ -250,7 +251,7 @@ def test_a_killed_decode_worker_fails_only_its_streams_and_queued_requests_compl
         for t in streams:
             t.start()
         deadline = time.monotonic() + 60
-        while decode_status(own_stack, decode.pid).num_running < 6:   # all six decode on `decode`
+        while status_of(own_stack, "decode", decode.pid).num_running < 6:   # all six decode on `decode`
             assert time.monotonic() < deadline and not ended, ended
             time.sleep(0.2)
         survivor = own_stack.start_worker("decode", "decode-survivor", **EXTRA_WORKER_ENV)
@@ -284,8 +285,8 @@ def test_a_killed_decode_worker_fails_only_its_streams_and_queued_requests_compl
                 proc.wait(10)
 
 
-def decode_status(stack, pid: int):
-    return next(st for st in stack.worker_status("decode") if st.pid == pid)
+def status_of(stack, role: str, pid: int):
+    return next(st for st in stack.worker_status(role) if st.pid == pid)
 
 
 LONG_PROMPT = " ".join(f"Day {n} was sunny." for n in range(40))   # about 280 tokens
@@ -305,7 +306,10 @@ def test_a_killed_prefill_worker_fails_no_request_before_its_first_token_and_the
                    for i in range(6)]
         for t in streams:
             t.start()
-        time.sleep(0.3)                                   # long prompts: some are being prefilled
+        deadline = time.monotonic() + 60
+        while (prefilling := status_of(own_stack, "prefill", prefill.pid).calls_in_progress) < 1:
+            assert time.monotonic() < deadline, "no prompt reached the prefill worker to be killed"
+            time.sleep(0.05)
         killed = time.monotonic()
         os.kill(prefill.pid, signal.SIGKILL)
         for _ in range(3):       # sent during the outage: each completes (served_by checks)
@@ -313,7 +317,8 @@ def test_a_killed_prefill_worker_fails_no_request_before_its_first_token_and_the
         for t in streams:
             t.join(60)
         assert len(ended) == 6, ended
-        print(f"\nprefill SIGKILL -> {[(o[:40], round(w - killed, 2)) for o, w in ended.values()]}")
+        print(f"\nprefill SIGKILL with {prefilling} prompts on it -> "
+              f"{[(o[:40], round(w - killed, 2)) for o, w in ended.values()]}")
         for key, (outcome, when) in ended.items():
             # a request that failed before its first token ran again on the survivor
             assert outcome == "finished" or key in first, (key, outcome)
