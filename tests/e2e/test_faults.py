@@ -3,12 +3,13 @@ beside a survivor. Its own ``tandem up`` stack for this module (real Redis, work
 gRPC, torch.distributed, the real model), extra workers and gateways started beside it, and the
 official ``openai`` SDK as the client. The tests run in file order: the kills come last.
 
-Bounds stated here (and in docs/architecture.md, "Fault bounds"):
+Bounds stated here (and in docs/architecture.md, "Fault bounds, measured"):
 - ``ERROR_BOUND_S``: from a worker's SIGKILL to the error of every stream it broke;
 - ``RSS_MARGIN_MIB``: how far a process's RSS may grow over 1,000 connect-then-disconnect cycles,
   measured after a warm-up of ``WARMUP`` cycles. glibc's per-thread arenas keep warming up
-  (measured: prefill +49 MiB, decode -72 MiB, gateway -4 MiB); a leaked prompt KV (1.4 MiB a
-  request here) would add 1.4 GiB. Smaller per-request leaks show in the Status counts instead;
+  (measured over four runs: prefill +29 to +49 MiB, decode -105 to -62, gateway -26 to +1); a
+  leaked prompt KV (1.4 MiB a request here) would add 1.4 GiB. Smaller per-request leaks show in
+  the Status counts instead;
 - ``SETTLE_S``: how long after the last cycle every per-request count may take to reach 0.
 """
 
