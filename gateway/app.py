@@ -7,6 +7,7 @@ Layout (one subpackage per concern):
     responses/           the Responses API: routes, request model, object, events, run, event log,
                          background, replay, conversation, store (Redis)
     backend/             the ``Backend`` seam and ``WorkerBackend`` (gRPC to the workers)
+    admission.py         how many generations run and queue here (503 + Retry-After beyond)
     routing.py           worker choice over a local view of the registry
     generation.py        one request's token stream as the HTTP layer consumes it
     sse.py, errors.py, usage.py, params.py, middleware.py, disconnect.py   shared by both APIs
@@ -25,6 +26,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import health, model_list
+from .admission import Admission, AdmittedBackend
 from .auth import AuthMiddleware, KeyRing
 from .ratelimit import RateLimitMiddleware, RateLimits
 from .backend import Backend
@@ -53,7 +55,11 @@ def create_app(backend: Backend, settings: GatewaySettings, store: ResponseStore
                   "prefill and decode workers", lifespan=_lifespan)
     ops = ops or OpsState(GatewayMetrics(backend.model_name))
     app.state.ops = ops
-    app.state.gateway = GatewayState(MeteredBackend(backend, ops.metrics), settings)
+    admission = Admission(settings.max_inflight_requests, settings.max_queued_requests,
+                          settings.queue_timeout_s)
+    ops.metrics.queued.set_function(lambda: admission.waiting)
+    app.state.gateway = GatewayState(MeteredBackend(AdmittedBackend(backend, admission), ops.metrics),
+                                     settings)
     app.state.responses = ResponsesState.create(store or ResponseStore(None), event_log_batch)
     install_error_handlers(app)
     install_openapi(app, settings.served_model_name)

@@ -15,6 +15,7 @@ Every error the gateway returns is ``{"error": {"message", "type", "param", "cod
 |   (named by previous_response_id)            | 404    | invalid_request_error | previous_resp… |
 | a worker fails before the first token        | 502    | server_error          | null           |
 | no worker can take it (BackendUnavailable)   | 503    | server_error          | null           |
+| queue full (admission.py), worker at capacity | 503 + Retry-After | server_error | null          |
 | the request was aborted by the system        | 503    | server_error          | null           |
 | the response store (Redis) is unreachable    | 503    | server_error          | null           |
 | a request body over TANDEM_MAX_BODY_BYTES    | 413    | invalid_request_error | null           |
@@ -41,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.engine import InvalidRequestError
 
+from .admission import Overloaded
 from .backend import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,13 @@ class APIError(Exception):
         return cls(status, message, type="server_error", code=code)
 
     @classmethod
-    def unavailable(cls) -> "APIError":
-        """No worker could take the request (why, with addresses, is for the logs only)."""
+    def unavailable(cls, exc: BackendUnavailable | None = None) -> "APIError":
+        """No worker could take the request (why, with addresses, is for the logs only); an
+        overload says when to come back."""
+        if isinstance(exc, Overloaded):   # nothing reached a worker: the client may come back
+            return cls(503, f"The server is overloaded; retry after {exc.retry_after_s} s.",
+                       type="server_error", code="overloaded",
+                       headers={"retry-after": str(exc.retry_after_s)})
         return cls.server(503, "No worker could take the request right now; try again later.",
                           code="backend_unavailable")
 
@@ -108,7 +115,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
         log.warning("request req_%s: no worker could take it: %s", request.state.request_id, exc)
-        return APIError.unavailable().response()
+        return APIError.unavailable(exc).response()
 
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error(exc.errors()).response()

@@ -86,7 +86,7 @@ class Generation:
             raise APIError.from_engine(exc, self._param_names) from None
         except BackendUnavailable as exc:
             log.warning("request %s: no worker could take it: %s", self.request_id, exc)
-            raise APIError.unavailable() from None
+            raise APIError.unavailable(exc) from None
 
     def _check(self, chunk: TokenChunk) -> None:
         if chunk.finish_reason == "error":

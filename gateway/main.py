@@ -58,6 +58,8 @@ def build_app(settings: Settings, model: str = "") -> FastAPI:
         request_timeout_s=settings.request_timeout_s, ready_timeout_s=settings.ready_timeout_s,
         sse_keepalive_s=settings.sse_keepalive_s, max_body_bytes=settings.max_body_bytes,
         max_input_items=settings.max_input_items,
+        max_inflight_requests=settings.max_inflight_requests,
+        max_queued_requests=settings.max_queued_requests, queue_timeout_s=settings.queue_timeout_s,
         auth_ops=settings.auth_ops, debug_headers=settings.debug_headers,
         test_hooks=settings.test_hooks, mcp=McpSettings(
             McpSettings.parse_hosts(settings.mcp_allowed_hosts), settings.mcp_call_timeout_s,

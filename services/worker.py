@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from protos.tandem.v1 import worker_pb2 as pb
-from services.engine import EngineConfig, InvalidRequestError, LLMEngine
+from services.engine import EngineConfig, InvalidRequestError
 from services.secret import server_interceptors
 from services.wire import PARAM_KEY
 
@@ -88,14 +88,37 @@ def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> 
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
 
 
-def worker_status(engine: LLMEngine) -> pb.WorkerStatus:
-    s, cache = engine.scheduler, engine.prefix_cache_stats()
+class CallCounter:
+    """How many calls of one kind a servicer is running now (``with counter:`` around each)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def __enter__(self) -> "CallCounter":
+        with self._lock:
+            self.value += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.value -= 1
+
+
+def worker_status(loop, calls: CallCounter, **extra: int) -> pb.WorkerStatus:
+    """Load, cache and per-request state of the worker driving ``loop`` (an ``EngineLoop``);
+    ``extra``: role-specific ``WorkerStatus`` fields."""
+    engine = loop.engine
+    s, cache, counts = engine.scheduler, engine.prefix_cache_stats(), engine.request_counts()
     return pb.WorkerStatus(pid=os.getpid(), num_running=len(s.running), num_waiting=len(s.waiting),
                            free_blocks=engine.blocks.num_free, total_blocks=engine.blocks.num_blocks,
                            max_num_seqs=engine.config.max_num_seqs,
                            prefix_cache_queries=cache.queries, prefix_cache_hits=cache.hits,
                            prefix_cached_blocks=cache.cached_blocks,
-                           prefix_cache_evictions=cache.evictions)
+                           prefix_cache_evictions=cache.evictions,
+                           live_requests=counts.live, awaiting_kv=counts.awaiting_kv,
+                           held_kv_requests=counts.held, held_kv_bytes=counts.held_bytes,
+                           subscribers=loop.subscribers, calls_in_progress=calls.value, **extra)
 
 
 def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metrics) -> tuple:

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body (413 above)")
     max_input_items: int = Field(2048, ge=1, description="most Chat `messages` or Responses `input` "
                                  "items in one request (400 above; OpenAI's limit is 2048)")
+    max_inflight_requests: int = Field(256, ge=1, description="generations one gateway runs at "
+                                       "once (gateway/admission.py); more wait in its queue")
+    max_queued_requests: int = Field(256, ge=0, description="generations one gateway lets wait "
+                                     "for a slot; beyond that: 503 `overloaded` with Retry-After")
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait in the gateway's queue "
+                                   "(then 503 `overloaded` with Retry-After)")
     full_text: bool = Field(False, description="server default for MindIE `fullTextEnabled`")
     # -- remote MCP tools (docs/api.md "Remote MCP tools") ----------------------------------------
     mcp_allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="hosts a request's MCP "

@@ -10,8 +10,9 @@ the caller runs once more on the pair routed without that worker, with the same 
 second failure, or no other live worker, is ``BackendUnavailable``. Nothing is retried after the
 first token.
 
-Errors: INVALID_ARGUMENT → ``InvalidRequestError`` naming the field (trailing metadata); any other
-status before the first token → ``BackendUnavailable``; after it → a final chunk with
+Errors: INVALID_ARGUMENT → ``InvalidRequestError`` naming the field (trailing metadata);
+RESOURCE_EXHAUSTED (a worker at capacity) before the first token → ``Overloaded`` (a 503 with
+Retry-After); any other status before the first token → ``BackendUnavailable``; after it → a final chunk with
 ``finish_reason="error"``. A stream that ends without a finished event is an error too.
 Closing the iterator cancels the gRPC call; the decode worker then aborts the request on both
 workers.
@@ -49,6 +50,7 @@ from services.secret import aio_interceptors
 
 from services.registry import WorkerInfo
 
+from ..admission import Overloaded
 from ..routing import RegistryView
 from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
 
@@ -149,6 +151,8 @@ class WorkerBackend:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 field = dict(e.trailing_metadata() or ()).get(wire.PARAM_KEY, "")
                 raise InvalidRequestError(field, e.details()) from e
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not started:
+                raise Overloaded(f"a worker is at capacity: {e.details()}") from e
             blamed = e.code() == grpc.StatusCode.UNAVAILABLE and self._blame(e, decode, prefill)
             if not started:
                 error = _WorkerDown if blamed else BackendUnavailable

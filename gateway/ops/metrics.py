@@ -57,6 +57,8 @@ class GatewayMetrics:
             self.generations.labels(self.model_name, reason)
         self.inflight = Gauge(PREFIX + "inflight_generations", "Generations running now", m,
                               registry=r).labels(self.model_name)
+        self.queued = Gauge(PREFIX + "queued_generations", "Generations waiting for a slot "
+                            "(gateway/admission.py)", m, registry=r).labels(self.model_name)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "HTTP arrival to first token",
                               m, buckets=TTFT_BUCKETS, registry=r).labels(self.model_name)
         self.itl = Histogram(PREFIX + "inter_token_latency_seconds", "Between tokens, as streamed",

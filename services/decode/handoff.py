@@ -17,17 +17,22 @@ A channel whose transfer timed out or whose peer failed is dropped and re-paired
 Resources: connects (``KvChannel.connect``) and receives run in two separate pools of ``max_peers``
 threads each; a pull holds its peer's lock, so each pool runs at most one task per peer and neither
 kind can queue behind the other. A peer (its pair, gRPC channel and lock) whose prefill worker left
-the registry is closed and forgotten by ``retain``, which ``PeerReaper`` calls every few seconds.
+the registry is closed and forgotten by ``retain``, which ``PeerReaper`` calls every few seconds —
+unless a request is ``using`` it: a worker whose entry lapsed under load (a late heartbeat) while
+its calls run keeps its channel, and a dead one's calls fail, end, and let it go on a later round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import secrets
+from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Iterator
 
 import grpc
 import torch
@@ -62,6 +67,7 @@ class KvPuller:
         self._guard = threading.Lock()
         self._grpc: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, rpc.PrefillServiceStub] = {}
+        self._users: Counter[str] = Counter()   # requests using each peer now (under _guard)
         self._connects = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-connect")
         self._receives = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-recv")
 
@@ -72,22 +78,39 @@ class KvPuller:
                 self._grpc[address], self._stubs[address] = channel, rpc.PrefillServiceStub(channel)
             return self._stubs[address]
 
+    @contextlib.contextmanager
+    def using(self, address: str) -> Iterator[rpc.PrefillServiceStub]:
+        """The peer's stub, kept open (``retain`` passes it over) until the block ends."""
+        with self._guard:
+            self._users[address] += 1
+        try:
+            yield self.stub(address)
+        finally:
+            with self._guard:
+                self._users[address] -= 1
+                if not self._users[address]:
+                    del self._users[address]
+
     def peers(self) -> int:
         """Prefill workers this puller holds anything for (a pair, a gRPC channel or a lock)."""
         with self._guard:
             return len(self._grpc.keys() | self._channels.keys() | self._locks.keys())
 
     def retain(self, addresses: set[str]) -> None:
-        """Close and forget every peer not at one of ``addresses`` (the live prefill workers)."""
+        """Close and forget every peer not at one of ``addresses`` (the live prefill workers)
+        that no request is ``using``."""
         with self._guard:
-            gone = (self._grpc.keys() | self._channels.keys() | self._locks.keys()) - addresses
+            gone = {a for a in (self._grpc.keys() | self._channels.keys() | self._locks.keys()) - addresses
+                    if not self._users[a]}    # in use: a later round forgets it
         for address in gone:
             with self._lock_for(address):     # waits for a pull in progress on it
-                channel = self._channels.pop(address, None)
                 with self._guard:
+                    if self._users[address]:  # a request took it up meanwhile
+                        continue
                     grpc_channel = self._grpc.pop(address, None)
                     self._stubs.pop(address, None)
                     self._locks.pop(address, None)
+                channel = self._channels.pop(address, None)
             if channel is not None:
                 channel.close()
             if grpc_channel is not None:

@@ -19,6 +19,7 @@ Cancelling the stream aborts the request here and on the prefill worker, freeing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -37,7 +38,7 @@ from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvTransferError
-from services.worker import WorkerConfig, abort_invalid, worker_status
+from services.worker import CallCounter, WorkerConfig, abort_invalid, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,19 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.config = config
         self.puller = puller
         self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
+        self.calls = CallCounter()
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
+        with self.calls, self._peer(request.prefill_address):
+            yield from self._generate(request, context)
+
+    def _peer(self, address: str):
+        """Keep the prefill worker's channel open while this request may call it."""
+        if self.puller is None or not address:
+            return contextlib.nullcontext()
+        return self.puller.using(address)
+
+    def _generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         rid = request.request_id
         arrival = time.perf_counter()
         params = wire.sampling_from_proto(request.sampling)
@@ -77,7 +89,8 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         else:
             prefill = self.puller.stub(request.prefill_address)
         cancelled = threading.Event()
-        context.add_callback(cancelled.set)
+        if not context.add_callback(cancelled.set):   # the caller left before this handler ran
+            cancelled.set()
         outputs = self.loop.subscribe(rid)
         clean = False
         try:
@@ -201,8 +214,11 @@ class DecodeServicer(rpc.DecodeServiceServicer):
                 abort_invalid(context, InvalidRequestError(field, e.details()))
             failed = "prefill" if e.code() == grpc.StatusCode.UNAVAILABLE else "none"
             context.set_trailing_metadata(((wire.FAILED_KEY, failed),))
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"prefill worker {request.prefill_address} failed: "
-                                                       f"{e.code().name}: {e.details()}")
+            # a prefill worker at its held-KV cap is busy, not failing: the gateway's 503 says
+            # when to come back (Retry-After)
+            busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
+                          f"prefill worker {request.prefill_address} failed: {e.code().name}: {e.details()}")
 
     def _reserve(self, rid: str, cancelled: threading.Event) -> int:
         """Wait until the prompt's blocks are allocated here; return how many leading prompt tokens
@@ -233,4 +249,4 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
-        return worker_status(self.engine)
+        return worker_status(self.loop, self.calls, kv_peers=self.puller.peers() if self.puller else 0)

@@ -148,14 +148,27 @@ class LLMEngine:
             self.scheduler.finish(live.seq, "abort")
             return True
 
+    def request_counts(self) -> "RequestCounts":
+        """How many requests hold state here now (``Status``; leak checks after churn).
+
+        Like ``prefix_cache_stats``, read without the engine lock: the heartbeat asks, and must
+        never wait for a model step (a long prefill batch would let the worker's registry entry
+        expire); a count may be one step old."""
+        live = list(self._live.values())    # one atomic copy (a C-level loop under the GIL)
+        awaiting = sum(e.seq.status is SequenceStatus.AWAITING_KV for e in live)
+        with self._handoff_lock:
+            held = len(self._handoffs)
+            held_bytes = sum(kv.nbytes for kv, _ in self._handoffs.values())
+        return RequestCounts(len(live), awaiting, held, held_bytes)
+
     def has_unfinished(self) -> bool:
         with self._lock:
             return self.scheduler.has_unfinished() or bool(self._awaiting_grammar)
 
     def prefix_cache_stats(self) -> PrefixCacheStats:
-        """Prefix-cache counters: tokens looked up and found, blocks cached now, evictions."""
-        with self._lock:
-            return self.blocks.stats()
+        """Prefix-cache counters: tokens looked up and found, blocks cached now, evictions.
+        Read without the engine lock (see ``request_counts``)."""
+        return self.blocks.stats()
 
     # -- the loop -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -359,6 +372,17 @@ class LLMEngine:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user_text}]
         return self.tokenizer.apply_chat_template(messages)
+
+
+@dataclass(frozen=True)
+class RequestCounts:
+    """Requests holding state in an engine: ``live`` (queued, running, awaiting KV or grammar),
+    of which ``awaiting_kv``; ``held`` prompt KVs waiting for ``take_held`` and their bytes."""
+
+    live: int
+    awaiting_kv: int
+    held: int
+    held_bytes: int
 
 
 @dataclass

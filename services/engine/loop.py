@@ -62,6 +62,11 @@ class EngineLoop:
     def unsubscribe(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
+    @property
+    def subscribers(self) -> int:
+        """Output queues handed out and not yet given back (one per request being waited on)."""
+        return len(self._queues)
+
     def abort(self, request_id: str) -> bool:
         """Abort ``request_id`` in the engine (freeing its KV) and hand its waiter, if any, a final
         ``abort`` output at once, so nobody sits until a timeout. False if the engine did not know it."""

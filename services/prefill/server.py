@@ -34,7 +34,7 @@ from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvChannel, KvTransferError
-from services.worker import WorkerConfig, abort_invalid, worker_status
+from services.worker import CallCounter, WorkerConfig, abort_invalid, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,16 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
         self._reserved = 0   # KV bytes of admitted prompts not yet held (guarded by _lock)
+        self.calls = CallCounter()
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
-        nbytes = self._reserve_held(len(request.prompt_token_ids), context)
-        try:
-            return self._prefill(request, context)
-        finally:   # by now the KV is in held_kv_bytes (or was never made)
-            with self._lock:
-                self._reserved -= nbytes
+        with self.calls:
+            nbytes = self._reserve_held(len(request.prompt_token_ids), context)
+            try:
+                return self._prefill(request, context)
+            finally:   # by now the KV is in held_kv_bytes (or was never made)
+                with self._lock:
+                    self._reserved -= nbytes
 
     def _reserve_held(self, num_tokens: int, context: grpc.ServicerContext) -> int:
         """Atomically admit a prompt while held plus in-flight KV is under the cap; its KV size."""
@@ -80,12 +82,13 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         except InvalidRequestError as e:
             self.loop.unsubscribe(rid)
             abort_invalid(context, e)
-        if request.test_corrupt_kv and self.config.test_hooks:
-            self._corrupt.add(rid)
         replied = threading.Event()
         # A caller that leaves (cancel, deadline, dead peer) aborts the request, which hands the
-        # wait below its final output: no server thread is held for a caller that is gone.
-        context.add_callback(lambda: None if replied.is_set() else self.loop.abort(rid))
+        # wait below its final output: no server thread is held for a caller that is gone. One
+        # that left before the callback could be registered (a busy server starts handlers late,
+        # after the caller gave up) is aborted here: its KV is never held for nobody.
+        if not context.add_callback(lambda: None if replied.is_set() else self.loop.abort(rid)):
+            self.loop.abort(rid)
         self.loop.wake()
         try:
             out = outputs.get(timeout=_wait_s(context, self.config.request_timeout_s))
@@ -107,6 +110,8 @@ class PrefillServicer(rpc.PrefillServiceServicer):
                                 prefill_worker_id=self.config.worker_id, pid=os.getpid(),
                                 cached_tokens=out.cached_tokens)
         if out.kv_held:
+            if request.test_corrupt_kv and self.config.test_hooks:
+                self._corrupt.add(rid)   # until its SendKv, Abort or expiry
             shape = self.engine.kv_shape(out.prompt_tokens)
             reply.kv.CopyFrom(pb.KvDescriptor(
                 num_layers=shape[0], num_tokens=shape[2], num_kv_heads=shape[3], head_dim=shape[4],
@@ -161,10 +166,13 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
-        return worker_status(self.engine)
+        with self._lock:
+            admitted = self._reserved
+        return worker_status(self.loop, self.calls, admitted_kv_bytes=admitted)
 
     def housekeeping(self) -> None:
         for rid in self.engine.expire_held(self.config.held_kv_ttl_s):
+            self._corrupt.discard(rid)
             self.metrics.handoff_failed("expired")
             log.warning("freed the KV of %s: no decode worker pulled it within %.0fs", rid,
                         self.config.held_kv_ttl_s)

@@ -38,7 +38,7 @@ class Stack:
 
         from services.registry import WorkerRegistry
 
-        return WorkerRegistry(redis.Redis.from_url(self.redis_url, socket_timeout=2))
+        return WorkerRegistry(redis.Redis.from_url(self.redis_url, socket_timeout=10))   # a loaded machine
 
     def channel(self, address: str):
         """A gRPC channel to a worker of this stack; its calls carry the stack's worker secret."""
@@ -52,13 +52,17 @@ class Stack:
 
     def start_decode_worker(self, worker_id: str, **env: str) -> subprocess.Popen:
         """Another decode worker on this stack, returned once it is in the registry."""
-        proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "decode", "--worker-id", worker_id],
+        return self.start_worker("decode", worker_id, **env)
+
+    def start_worker(self, role: str, worker_id: str, **env: str) -> subprocess.Popen:
+        """Another worker of ``role`` on this stack, returned once it is in the registry."""
+        proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", role, "--worker-id", worker_id],
                                 env=dict(os.environ, TANDEM_REDIS_URL=self.redis_url,
                                          TANDEM_WORKER_SECRET=self.worker_secret,
                                          TANDEM_KV_CACHE_GB="0.25", **env),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while worker_id not in {w.worker_id for w in self.registry().live("decode")}:
+        while worker_id not in {w.worker_id for w in self.registry().live(role)}:
             assert proc.poll() is None and time.monotonic() < deadline, f"{worker_id} did not register"
             time.sleep(0.5)
         return proc

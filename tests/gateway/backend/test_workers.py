@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway.admission import Overloaded
 from gateway.backend import BackendUnavailable, GenerateParams
 from gateway.backend.workers import WorkerBackend
 from gateway.routing import RegistryView
@@ -28,6 +29,7 @@ from tests.services.test_registry import worker
 
 pytestmark = pytest.mark.anyio
 OK, INVALID, UNAVAILABLE_FIRST, FAIL_AFTER_ONE, END_EARLY, HANG, PREFILL_DOWN, DOWN_ONCE = range(8)
+BUSY = 8   # RESOURCE_EXHAUSTED: a worker at capacity
 
 
 @pytest.fixture
@@ -50,6 +52,8 @@ class Scripted(rpc.DecodeServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens too large")
         if what == UNAVAILABLE_FIRST:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the decode worker is failing")
+        if what == BUSY:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "prefill worker holds too much KV")
         if what == PREFILL_DOWN:
             context.set_trailing_metadata(((wire.FAILED_KEY, "prefill"),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "prefill worker unreachable")
@@ -215,3 +219,11 @@ async def test_channels_to_workers_that_left_are_closed_once_idle(backend):
     assert not b.in_flight
     await b.ready()
     assert b.channels == set()
+
+
+async def test_a_worker_at_capacity_is_overloaded_and_stays_routable(backend):
+    b, servicer = backend
+    with pytest.raises(Overloaded, match="holds too much KV"):
+        await collect(b, BUSY)
+    assert servicer.calls == 1                                   # not retried elsewhere
+    assert [c.finish_reason for c in await collect(b, OK)][-1] == "stop"   # not marked down

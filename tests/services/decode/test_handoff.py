@@ -54,6 +54,20 @@ def test_peers_whose_workers_left_the_registry_are_closed_and_forgotten(registry
     puller.close()
 
 
+def test_a_peer_in_use_is_kept_until_its_requests_end(registry):
+    # a prefill worker whose entry lapsed (a late heartbeat) while requests call it
+    puller = KvPuller("d0", store=None, device=torch.device("cpu"), timeout_s=1)
+    reaper = PeerReaper(puller, lambda: registry.live("prefill"), interval_s=60)
+    with puller.using("127.0.0.1:1") as stub:
+        reaper.reap()
+        assert puller.peers() == 1
+        with pytest.raises(grpc.RpcError):                   # still open (nobody listens)
+            stub.Status(pb.StatusRequest(), timeout=1)
+    reaper.reap()
+    assert puller.peers() == 0
+    puller.close()
+
+
 def test_a_registry_it_cannot_read_forgets_nothing():
     puller = KvPuller("d0", store=None, device=torch.device("cpu"), timeout_s=1)
     puller.stub("127.0.0.1:1")

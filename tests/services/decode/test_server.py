@@ -67,6 +67,10 @@ class FakePuller:
     def stub(self, address):
         return self.prefill
 
+    @contextmanager
+    def using(self, address):
+        yield self.prefill
+
     def pull(self, address, request_id, kv, start_token=0):
         if self.error:
             raise self.error
@@ -152,11 +156,11 @@ def test_a_prefill_refusal_of_the_request_is_passed_on_naming_its_field(tiny_eng
     assert "stop strings must be non-empty" in e.details()
 
 
-def test_a_busy_prefill_worker_makes_the_request_unavailable(tiny_engine):
+def test_a_busy_prefill_worker_makes_the_request_resource_exhausted(tiny_engine):
     error = FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "holds too much KV")
     with decode_worker(tiny_engine, FakePuller(FakePrefill(error=error))) as stub:
         e = refused(stub, request(tiny_engine))
-    assert e.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED      # the gateway: 503 with Retry-After
     assert "RESOURCE_EXHAUSTED" in e.details() and "holds too much KV" in e.details()
     assert dict(e.trailing_metadata())[wire.FAILED_KEY] == "none"     # busy, not failing
 
