@@ -37,7 +37,7 @@ from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvTransferError
-from services.worker import WorkerConfig, abort_invalid, worker_status
+from services.worker import Drain, WorkerConfig, abort_invalid, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.config = config
         self.puller = puller
         self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
+        self.drain = Drain()   # held work while draining: open Generate streams
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
+        self.drain.refuse_new(context, self.config.worker_id)
+        with self.drain.hold():
+            yield from self._generate(request, context)
+
+    def _generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         rid = request.request_id
         arrival = time.perf_counter()
         params = wire.sampling_from_proto(request.sampling)
