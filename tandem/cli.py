@@ -142,14 +142,13 @@ def _add_ray_parser(sub) -> None:
 
 
 def ray_command(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("ray") is None:   # not imported here: `ray scale` sets its auth mode first
-        print("error: Ray mode needs Ray: pip install 'tandem[ray]'", file=sys.stderr)
-        return 2
-    from tandem import ray_up
+    from tandem import ray_up   # imports Ray only when it runs
 
     s = Settings.from_env()
+    no_ray = importlib.util.find_spec("ray") is None   # not imported here: `ray scale` sets its auth mode first
     if args.ray_command == "scale":
-        return ray_up.scale(args.address, args.namespace, s.data_dir, args.prefill, args.decode)
+        return _needs_ray() if no_ray else ray_up.scale(args.address, args.namespace, s.data_dir,
+                                                        args.prefill, args.decode)
     if args.worker_gpus and s.device == "cpu" and args.device == "cpu":
         args.device = "cuda"
     env = {k: v for k, v in os.environ.items() if k.startswith("TANDEM_")
@@ -168,7 +167,12 @@ def ray_command(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return ray_up.run(cfg)
+    return _needs_ray() if no_ray else ray_up.run(cfg)
+
+
+def _needs_ray() -> int:
+    print("error: Ray mode needs Ray: pip install 'tandem[ray]'", file=sys.stderr)
+    return 2
 
 
 def bench_command(args: argparse.Namespace) -> int:

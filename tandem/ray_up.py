@@ -44,6 +44,8 @@ class RayUpConfig:
     def __post_init__(self):
         if self.prefill < 1 or self.decode < 1:
             raise ValueError("--prefill and --decode must each be at least 1")
+        if self.worker_cpus <= 0 or self.worker_gpus < 0:
+            raise ValueError("--worker-cpus must be positive and --worker-gpus at least 0")
 
 
 def address_file(data_dir: Path, namespace: str) -> Path:

@@ -133,7 +133,9 @@ def test_chat_and_a_stored_responses_chain_run_on_the_actors(ray_stack):
 def test_ray_reports_the_actors_with_their_declared_resources(ray_stack):
     actors = ray_query(ray_stack, """
 from ray.util.state import list_actors
-print(json.dumps([{"name": a.name, "state": a.state, "resources": a.required_resources, "pid": a.pid}
+ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+print(json.dumps([{"name": a.name, "state": a.state, "resources": a.required_resources, "pid": a.pid,
+                   "node_ip": ips[a.node_id]}
                   for a in list_actors(filters=[("ray_namespace", "=", "tandem")], detail=True)]))
 """)
     by_name = {a["name"]: a for a in actors if a["state"] == "ALIVE"}
@@ -145,7 +147,8 @@ print(json.dumps([{"name": a.name, "state": a.state, "resources": a.required_res
     worker = decode_workers(ray_stack)["tandem-decode-1"]
     status = Path(f"/proc/{worker.pid}/status").read_text()
     assert f"PPid:\t{by_name['decode-1']['pid']}\n" in status
-    assert not worker.address.startswith("127.0.0.1:") and worker.kv_store.split(":")[0] == worker.address.split(":")[0]
+    node_ip = by_name["decode-1"]["node_ip"]
+    assert worker.address.split(":")[0] == worker.kv_store.split(":")[0] == node_ip
 
 
 def test_a_sigkilled_decode_actor_fails_its_requests_then_ray_restarts_it(ray_stack):
