@@ -68,9 +68,11 @@ def run(cfg: RayUpConfig) -> int:
                   "cluster's other nodes; set TANDEM_REDIS_URL", file=sys.stderr, flush=True)
             return 2
         # for `tandem ray scale`: where the cluster is, and whether it wants Ray's auth token
+        gcs, auth = ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE", "")
         recorded.parent.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(json.dumps({"address": ray.get_runtime_context().gcs_address,
-                                        "auth_mode": os.environ.get("RAY_AUTH_MODE", "")}))
+        recorded.write_text(json.dumps({"address": gcs, "auth_mode": auth}))
+        print(f"tandem ray up: Ray cluster at {gcs} (namespace {cfg.namespace}); its actors: "
+              f"{f'RAY_AUTH_MODE={auth} ' if auth else ''}ray list actors --address {gcs} --detail", flush=True)
         spec = WorkerSpec(redis_url=redis_url, worker_secret=cfg.up.worker_secret, model=cfg.up.model,
                           dtype=cfg.up.dtype, cpus=cfg.worker_cpus, gpus=cfg.worker_gpus,
                           max_restarts=cfg.max_restarts, ready_timeout_s=cfg.up.ready_timeout_s,
@@ -94,8 +96,10 @@ def _connect(cfg: RayUpConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, namespace=cfg.namespace, log_to_driver=True)
         return
-    ray.init(namespace=cfg.namespace, num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus,
-             include_dashboard=True, dashboard_port=0, object_store_memory=100 << 20, log_to_driver=True)
+    # "local": a new cluster even when `ray start` left one running on this machine
+    ray.init(address="local", namespace=cfg.namespace, num_cpus=cfg.num_cpus or os.cpu_count(),
+             num_gpus=cfg.num_gpus, include_dashboard=True, dashboard_port=0,
+             object_store_memory=100 << 20, log_to_driver=True)
 
 
 def _bring_up(cfg: RayUpConfig, server, controller, redis_url: str) -> None:

@@ -86,14 +86,14 @@ def tandem_ray(stack, *args: str, timeout: float = 300) -> subprocess.CompletedP
 
 
 def ray_query(stack, code: str) -> object:
-    """Run ``code`` (which prints JSON) as a separate Ray driver on the stack's cluster."""
+    """Run ``code`` (which prints JSON) as a separate Ray driver on the stack's cluster (``ADDRESS``)."""
     recorded = json.loads((stack.data_dir / "ray-tandem.address").read_text())
-    prelude = (f"import json, ray\nray.init(address={recorded['address']!r}, namespace='tandem', "
-               f"log_to_driver=False)\n")
+    prelude = (f"import json, ray\nADDRESS = {recorded['address']!r}\n"
+               f"ray.init(address=ADDRESS, namespace='tandem', log_to_driver=False)\n")
     env = dict(os.environ, RAY_AUTH_MODE=recorded["auth_mode"] or "disabled")
     out = subprocess.run([sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True,
                          timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, out.stderr[-3000:] + "".join(stack.lines[-30:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -134,10 +134,12 @@ def test_ray_reports_the_actors_with_their_declared_resources(ray_stack):
     actors = ray_query(ray_stack, """
 from ray.util.state import list_actors
 ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+actors = list_actors(address=ADDRESS, filters=[("ray_namespace", "=", "tandem")], detail=True)
 print(json.dumps([{"name": a.name, "state": a.state, "resources": a.required_resources, "pid": a.pid,
-                   "node_ip": ips[a.node_id]}
-                  for a in list_actors(filters=[("ray_namespace", "=", "tandem")], detail=True)]))
+                   "node_ip": ips[a.node_id]} for a in actors]))
 """)
+    address = json.loads((ray_stack.data_dir / "ray-tandem.address").read_text())["address"]
+    assert f"ray list actors --address {address} --detail" in "".join(ray_stack.lines)   # told to the operator
     by_name = {a["name"]: a for a in actors if a["state"] == "ALIVE"}
     assert set(by_name) == {"controller", "prefill-0", "decode-1"}
     assert by_name["prefill-0"]["resources"] == {"CPU": 1.0}
@@ -182,7 +184,8 @@ def test_a_sigkilled_decode_actor_fails_its_requests_then_ray_restarts_it(ray_st
     assert after.pid != before.pid and after.pid not in alive([before.pid])
     restarts = ray_query(ray_stack, """
 from ray.util.state import list_actors
-print(json.dumps({a.name: a.num_restarts for a in list_actors(filters=[("ray_namespace", "=", "tandem")], detail=True)}))
+actors = list_actors(address=ADDRESS, filters=[("ray_namespace", "=", "tandem")], detail=True)
+print(json.dumps({a.name: a.num_restarts for a in actors}))
 """)
     assert restarts["decode-1"] == 1 and restarts["prefill-0"] == 0
 
