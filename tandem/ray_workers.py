@@ -86,15 +86,19 @@ class WorkerActor:
             os._exit(1)
 
     def ready(self) -> dict:
-        """Wait until the worker is live in the registry (``spec.ready_timeout_s`` at most)."""
+        """Wait until the worker is live in the registry (``spec.ready_timeout_s`` at most; Redis
+        errors meanwhile only mean "not yet")."""
         registry = WorkerRegistry(redis.Redis.from_url(self.spec.redis_url, socket_timeout=2,
                                                        socket_connect_timeout=2))
         deadline = time.monotonic() + self.spec.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.worker_id} exited with {self.proc.returncode} while starting")
-            if any(w.worker_id == self.worker_id for w in registry.live(self.role)):
-                return self.describe()
+            try:
+                if any(w.worker_id == self.worker_id for w in registry.live(self.role)):
+                    return self.describe()
+            except redis.RedisError:   # a slow or restarting Redis: ask again until the deadline
+                pass
             time.sleep(0.2)
         raise TimeoutError(f"worker {self.worker_id} did not register within {self.spec.ready_timeout_s:g} s")
 
@@ -137,10 +141,20 @@ class Controller:
             raise RuntimeError(f"new workers not ready (not placed for lack of resources, or failed "
                                f"to start): {e}") from None
         surplus = [w for role in ROLES for w in self._surplus(role, counts[role])]
-        codes = ray.get([actor.drain.remote() for _, actor in surplus])
-        for _, actor in surplus:
+        drains = [(name, actor, actor.drain.remote()) for name, actor in surplus]   # all at once
+        drained = {name: self._drained(actor, ref) for name, actor, ref in drains}
+        return {"workers": self.describe(), "drained": drained}
+
+    @staticmethod
+    def _drained(actor, ref) -> int | str:
+        """The drained worker's exit status (or why there is none: its actor had died), then the
+        actor is killed for good."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as e:
+            return type(e).__name__
+        finally:
             ray.kill(actor, no_restart=True)
-        return {"workers": self.describe(), "drained": {name: code for (name, _), code in zip(surplus, codes)}}
 
     def _add(self, role: str) -> tuple[str, ray.actor.ActorHandle]:
         name = f"{role}-{self.next_index}"
