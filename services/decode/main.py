@@ -47,10 +47,12 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address} metrics={metrics_address}", flush=True)
     log.info("%s worker %s %s", config.role, config.worker_id, startup_line(engine_seconds))
 
-    def stop():
+    def leave():
         health.stop()
         if heartbeat:
             heartbeat.stop()
+
+    def stop():
         if reaper:
             reaper.stop()
         loop.stop()
@@ -58,7 +60,7 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
             puller.close()
             store.close()
 
-    return run_until_signal(server, stop, loop.failed)
+    return run_until_signal(server, leave, stop, servicer.drain, config, loop.failed)
 
 
 def _live_prefill(config: WorkerConfig):

@@ -38,7 +38,7 @@ from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvTransferError
-from services.worker import CallCounter, WorkerConfig, abort_invalid, worker_status
+from services.worker import Drain, WorkerConfig, abort_invalid, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.config = config
         self.puller = puller
         self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
-        self.calls = CallCounter()
+        self.drain = Drain()   # held work while draining: open Generate streams
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
-        with self.calls, self._peer(request.prefill_address):
+        self.drain.refuse_new(context, self.config.worker_id)
+        with self.drain.hold(), self._peer(request.prefill_address):
             yield from self._generate(request, context)
 
     def _peer(self, address: str):
@@ -249,4 +250,4 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         return pb.AbortReply(found=self.loop.abort(request.request_id))
 
     def Status(self, request, context) -> pb.WorkerStatus:
-        return worker_status(self.loop, self.calls, kv_peers=self.puller.peers() if self.puller else 0)
+        return worker_status(self.loop, self.drain, kv_peers=self.puller.peers() if self.puller else 0)

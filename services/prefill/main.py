@@ -38,11 +38,13 @@ def serve(config: WorkerConfig, cache_dir: Path) -> int:
     print(f"TANDEM_WORKER_READY prefill {config.worker_id} {address} metrics={metrics_address}", flush=True)
     log.info("prefill worker %s %s", config.worker_id, startup_line(engine_seconds))
 
-    def stop():
+    def leave():
         health.stop()
         if heartbeat:
             heartbeat.stop()
+
+    def stop():
         loop.stop()
         servicer.close()
 
-    return run_until_signal(server, stop, loop.failed)
+    return run_until_signal(server, leave, stop, servicer.drain, config, loop.failed)

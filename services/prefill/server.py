@@ -34,7 +34,7 @@ from services.engine import InvalidRequestError
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics, handoff_failure_reason
 from services.transfer import KvChannel, KvTransferError
-from services.worker import CallCounter, WorkerConfig, abort_invalid, worker_status
+from services.worker import Drain, WorkerConfig, abort_invalid, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
         self._reserved = 0   # KV bytes of admitted prompts not yet held (guarded by _lock)
-        self.calls = CallCounter()
+        # held work while draining: open Prefill and SendKv calls, prompt KV not yet pulled
+        self.drain = Drain(also_busy=lambda: self.engine.held_kv_bytes() > 0)
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
-        with self.calls:
+        self.drain.refuse_new(context, self.config.worker_id)
+        with self.drain.hold():
             nbytes = self._reserve_held(len(request.prompt_token_ids), context)
             try:
                 return self._prefill(request, context)
@@ -134,6 +136,10 @@ class PrefillServicer(rpc.PrefillServiceServicer):
         return pb.PairReply()
 
     def SendKv(self, request: pb.SendKvRequest, context: grpc.ServicerContext) -> pb.SendKvReply:
+        with self.drain.hold():
+            return self._send_kv(request, context)
+
+    def _send_kv(self, request: pb.SendKvRequest, context: grpc.ServicerContext) -> pb.SendKvReply:
         rid = request.request_id
         with self._lock:
             channel = self.channels.get(request.decode_worker_id)
@@ -168,7 +174,7 @@ class PrefillServicer(rpc.PrefillServiceServicer):
     def Status(self, request, context) -> pb.WorkerStatus:
         with self._lock:
             admitted = self._reserved
-        return worker_status(self.loop, self.calls, admitted_kv_bytes=admitted)
+        return worker_status(self.loop, self.drain, admitted_kv_bytes=admitted)
 
     def housekeeping(self) -> None:
         for rid in self.engine.expire_held(self.config.held_kv_ttl_s):

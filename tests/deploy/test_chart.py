@@ -2,8 +2,8 @@
 
 Every rendered manifest is checked with kubernetes-validate (strict: unknown fields fail) against
 the pinned Kubernetes version, for the default values and the GPU, scaled-out and external-Redis
-values files; values are checked against values.schema.json. ServiceMonitor is a CRD the validator
-has no schema for: it gets a structural check here. ``helm lint`` / ``helm template`` run too
+values files; values are checked against values.schema.json. ServiceMonitor and KubeRay's RayCluster
+are CRDs the validator has no schema for: they get structural checks here. ``helm lint`` / ``helm template`` run too
 where helm is on PATH (it is not installable on these machines).
 """
 
@@ -22,7 +22,7 @@ from .chart import CHART, RenderError, build_renderer, by_kind, container, env_o
 
 K8S_VERSION = "1.33.0"
 VALUE_FILES = {"default": (), "gpu": ("ci/gpu-values.yaml",), "scaled-out": ("ci/scaled-out-values.yaml",),
-               "external-redis": ("ci/external-redis-values.yaml",)}
+               "external-redis": ("ci/external-redis-values.yaml",), "ray": ("ci/ray-values.yaml",)}
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,9 @@ def test_every_manifest_is_valid_for_the_pinned_kubernetes(rendered, case):
     for doc in rendered[case]:
         if doc["kind"] == "ServiceMonitor":
             check_service_monitor(doc, by_kind(rendered[case], "Service"))
+            continue
+        if doc["kind"] == "RayCluster":
+            check_ray_cluster(doc)
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -156,3 +159,64 @@ def test_every_tandem_process_gets_the_worker_secret_from_a_secret(rendered):
         env = {e["name"]: e for e in container(deployment)["env"]}
         ref = env["TANDEM_WORKER_SECRET"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "demo-tandem-worker-secret", "key": "worker-secret"}, name
+
+
+def check_ray_cluster(doc: dict) -> None:
+    """The parts of KubeRay's ray.io/v1 RayCluster schema the chart uses, each pod a valid PodSpec."""
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+    spec = doc["spec"]
+    assert set(spec) <= {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling"}
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **group["template"]["metadata"]},
+               "spec": group["template"]["spec"]}
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    for group in spec["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_ray_mode_renders_a_ray_cluster_running_tandem_ray_up_instead_of_the_deployments(rendered):
+    docs = rendered["ray"]
+    assert not by_kind(docs, "Deployment") and not by_kind(docs, "PodDisruptionBudget")
+    assert not [d for d in rendered["default"] if d["kind"] == "RayCluster"]
+    [cluster] = [d for d in docs if d["kind"] == "RayCluster"]
+    assert cluster["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+    assert cluster["spec"]["rayVersion"] == values()["ray"]["version"]
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"    # no worker actor on the head
+    h = head["template"]["spec"]["containers"][0]
+    assert h["image"] == "tandem-ray:0.1.0"
+    command = " ".join(h["args"])
+    assert "${KUBERAY_GEN_RAY_START_CMD/--block/} &&" in command
+    assert ("tandem ray up --address auto --host 0.0.0.0 --port 8000 --prefill 2 --decode 4 "
+            "--worker-cpus 2 --worker-gpus 0") in command
+    [workers] = cluster["spec"]["workerGroupSpecs"]
+    assert (workers["replicas"], workers["minReplicas"], workers["maxReplicas"]) == (3, 1, 6)
+    w = workers["template"]["spec"]["containers"][0]
+    assert w["args"] == ["ulimit -n 65536; $KUBERAY_GEN_RAY_START_CMD"] and w["image"] == h["image"]
+    assert w["resources"]["requests"]["cpu"] == "2" and "nvidia.com/gpu" not in w["resources"]["limits"]
+    for c in (h, w):   # the head's driver and the workers' actors share Redis and the worker secret
+        env = env_of(c)
+        assert env["TANDEM_WORKER_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": "demo-tandem-worker-secret", "key": "worker-secret"}
+        assert env["TANDEM_REDIS_URL"]["value"] == "redis://demo-tandem-redis:6379/0"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert env_of(h)["TANDEM_DATA_DIR"]["value"].startswith("/tmp/")   # the root filesystem is read-only
+    # the gateway Service reaches the head pod (labelled as the gateway); Redis admits the Ray pods
+    service = by_kind(docs, "Service")["demo-tandem-gateway"]
+    assert service["spec"]["selector"].items() <= head["template"]["metadata"]["labels"].items()
+    redis = by_kind(docs, "NetworkPolicy")["demo-tandem-redis"]["spec"]["ingress"][0]["from"]
+    assert any(f["podSelector"]["matchLabels"].get("tandem.io/ray") == "true" for f in redis)
+    assert "demo-tandem-workers" not in by_kind(docs, "NetworkPolicy")
+
+
+def test_ray_worker_gpus_are_requested_from_kubernetes_and_from_ray(renderer):
+    docs = render(renderer, values("ci/ray-values.yaml", overrides={
+        "ray": {"workerGpus": 1, "workers": {"gpu": 1, "runtimeClassName": "nvidia"}}}))
+    [cluster] = [d for d in docs if d["kind"] == "RayCluster"]
+    pod = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+    assert pod["runtimeClassName"] == "nvidia"
+    assert "--worker-gpus 1" in " ".join(cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["args"])

@@ -112,13 +112,14 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-def start_up(tmp: Path, extra_env: dict | None = None, args: list[str] = ()) -> Stack:
+def start_up(tmp: Path, extra_env: dict | None = None, args: list[str] = (), command: tuple[str, ...] = ("up",),
+             ready_timeout_s: float = 300) -> Stack:
+    """``tandem up`` (or ``command``, e.g. ``("ray", "up")``) on a free port, once it printed its URL."""
     port = free_port()
-    env = dict(os.environ, TANDEM_DATA_DIR=str(tmp), TANDEM_TEST_HOOKS="1", TANDEM_DEBUG_HEADERS="1",
-               TANDEM_KV_CACHE_GB="0.5", TANDEM_WORKER_SECRET=secrets.token_urlsafe(16),
-               **(extra_env or {}))
+    env = {**os.environ, "TANDEM_DATA_DIR": str(tmp), "TANDEM_TEST_HOOKS": "1", "TANDEM_DEBUG_HEADERS": "1",
+           "TANDEM_KV_CACHE_GB": "0.5", "TANDEM_WORKER_SECRET": secrets.token_urlsafe(16), **(extra_env or {})}
     env.pop("TANDEM_REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", *command, "--port", str(port), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stack = Stack(proc, f"http://127.0.0.1:{port}/v1", "", tmp, worker_secret=env["TANDEM_WORKER_SECRET"])
     ready = threading.Event()
@@ -131,7 +132,7 @@ def start_up(tmp: Path, extra_env: dict | None = None, args: list[str] = ()) -> 
                 stack.redis_url = m.group(2)
                 ready.set()
     threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + ready_timeout_s
     while not ready.wait(0.5):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

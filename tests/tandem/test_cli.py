@@ -32,3 +32,15 @@ def test_a_worker_without_a_secret_refuses_to_start():
                               text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert "TANDEM_WORKER_SECRET" in done.stderr and "TANDEM_INSECURE_WORKERS=1" in done.stderr
+
+
+@pytest.mark.parametrize("args, named", [(["--prefill", "0"], "--prefill"), (["--decode", "-1"], "--decode"),
+                                         (["--worker-cpus", "0"], "--worker-cpus")])
+def test_ray_up_refuses_a_deployment_without_workers_before_starting_anything(tmp_path, args, named):
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "tandem.cli", "ray", "up", *args],
+                          env=dict(os.environ, TANDEM_DATA_DIR=str(tmp_path)), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and named in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []     # no Redis, no Ray, no address recorded
