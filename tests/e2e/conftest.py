@@ -62,9 +62,14 @@ class Stack:
                                          TANDEM_KV_CACHE_GB="0.25", **env),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while worker_id not in {w.worker_id for w in self.registry().live(role)}:
-            assert proc.poll() is None and time.monotonic() < deadline, f"{worker_id} did not register"
-            time.sleep(0.5)
+        try:
+            while worker_id not in {w.worker_id for w in self.registry().live(role)}:
+                assert proc.poll() is None and time.monotonic() < deadline, f"{worker_id} did not register"
+                time.sleep(0.5)
+        except BaseException:   # nobody else holds it yet: leave nothing running
+            proc.kill()
+            proc.wait(10)
+            raise
         return proc
 
     def worker_status(self, role: str):
