@@ -99,7 +99,7 @@ def engine_config(args: argparse.Namespace):
     from services.engine import EngineConfig
 
     s = Settings.from_env()
-    return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
+    return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, weights=s.weights,
                         kv_cache_bytes=s.kv_cache_bytes, num_threads=s.num_threads,
                         enable_prefix_caching=s.prefix_caching,
                         max_num_seqs=getattr(args, "max_num_seqs", 64),

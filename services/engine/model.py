@@ -14,6 +14,9 @@ from torch import nn
 from .attention import AttentionMetadata, paged_attention
 from .config import ModelConfig
 from .kv_cache import KVCache
+from .quant import Int4Weight, Int8Weight, linear
+
+LINEARS = ("qkv", "o", "gate_up", "down")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -23,7 +26,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """Rotary embedding in the Hugging Face split-halves layout, cos/sin cached per position."""
+    """Rotary embedding in the Hugging Face split-halves layout.
+
+    ``cos`` and ``sin`` are cached per position with the sign of the rotated half folded into
+    ``sin``; ``tables`` looks a step's positions up once for all layers, and ``apply`` rotates the
+    query and key heads of a layer in one pass.
+    """
 
     def __init__(self, config: ModelConfig, max_positions: int, dtype: torch.dtype):
         super().__init__()
@@ -31,14 +39,18 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
+        sign = torch.cat([-torch.ones(hd // 2), torch.ones(hd // 2)])
         self.register_buffer("cos", emb.cos().to(dtype), persistent=False)
-        self.register_buffer("sin", emb.sin().to(dtype), persistent=False)
+        self.register_buffer("sin", (emb.sin() * sign).to(dtype), persistent=False)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin: [T, 1, head_dim]`` for a step's positions."""
+        return self.cos.index_select(0, positions)[:, None], self.sin.index_select(0, positions)[:, None]
+
+    @staticmethod
+    def apply(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        cos, sin = tables
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class DecoderLayer(nn.Module):
@@ -55,19 +67,19 @@ class DecoderLayer(nn.Module):
         self.config = c
         self.scale = c.head_dim ** -0.5
 
-    def forward(self, x, positions, rotary: Rotary, kv: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], kv: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
         c = self.config
         h = rms_norm(x, self.input_norm, c.rms_norm_eps)
-        q, k, v = F.linear(h, self.qkv).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        qk, v = linear(h, self.qkv).split([c.q_size + c.kv_size, c.kv_size], dim=-1)
         t = x.shape[0]
-        q = rotary(positions, q.view(t, c.num_heads, c.head_dim))
-        k = rotary(positions, k.view(t, c.num_kv_heads, c.head_dim))
+        qk = Rotary.apply(qk.view(t, c.num_heads + c.num_kv_heads, c.head_dim), rope)   # Q and K heads
+        q, k = qk.split([c.num_heads, c.num_kv_heads], dim=1)
         attn = paged_attention(q, k, v.view(t, c.num_kv_heads, c.head_dim), *kv, meta, self.scale)
-        x = x + F.linear(attn.reshape(t, c.q_size), self.o)
+        x = x + linear(attn.reshape(t, c.q_size), self.o)
         h = rms_norm(x, self.post_attn_norm, c.rms_norm_eps)
-        gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down)
+        gate, up = linear(h, self.gate_up).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.down)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -86,13 +98,26 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 meta: AttentionMetadata) -> torch.Tensor:
         x = F.embedding(input_ids, self.embed)
+        rope = self.rotary.tables(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, self.rotary, cache.layer(i), meta)
+            x = layer(x, rope, cache.layer(i), meta)
         return rms_norm(x, self.norm, self.config.rms_norm_eps)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head).float()
+        return linear(hidden, self.lm_head).float()
+
+    def quantize(self) -> None:
+        """``weights="int4"``: layers' weights to ``Int4Weight``, the head to ``Int8Weight``
+        (the embedding stays in the model dtype)."""
+        for layer in self.layers:
+            for name in LINEARS:
+                w = getattr(layer, name)
+                delattr(layer, name)
+                setattr(layer, name, Int4Weight(w))
+        head = self.lm_head
+        delattr(self, "lm_head")
+        self.lm_head = Int8Weight(head)
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy Hugging Face-named tensors in, fusing Q/K/V and gate/up; raise on anything missing."""
