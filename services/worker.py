@@ -21,9 +21,11 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import torch
 
 from protos.tandem.v1 import worker_pb2 as pb
 from services.engine import EngineConfig, InvalidRequestError, LLMEngine
+from services.engine.prefix_cache import PrefixCacheStats
 from services.secret import server_interceptors
 from services.wire import PARAM_KEY
 
@@ -88,14 +90,18 @@ def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> 
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
 
 
-def worker_status(engine: LLMEngine) -> pb.WorkerStatus:
-    s, cache = engine.scheduler, engine.prefix_cache_stats()
+def worker_status(engine: LLMEngine, prefix_cache: bool = True) -> pb.WorkerStatus:
+    """The worker's gRPC ``Status``. ``prefix_cache=False`` leaves the prefix-cache counters at 0:
+    reading them waits for the engine's lock, which every step holds, and back-to-back steps under
+    load kept the registry heartbeat waiting past its TTL (the worker dropped out mid-run)."""
+    s = engine.scheduler
+    cache = engine.prefix_cache_stats() if prefix_cache else PrefixCacheStats()
     return pb.WorkerStatus(pid=os.getpid(), num_running=len(s.running), num_waiting=len(s.waiting),
                            free_blocks=engine.blocks.num_free, total_blocks=engine.blocks.num_blocks,
                            max_num_seqs=engine.config.max_num_seqs,
                            prefix_cache_queries=cache.queries, prefix_cache_hits=cache.hits,
                            prefix_cached_blocks=cache.cached_blocks,
-                           prefix_cache_evictions=cache.evictions)
+                           prefix_cache_evictions=cache.evictions, num_threads=torch.get_num_threads())
 
 
 def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metrics) -> tuple:

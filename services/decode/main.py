@@ -13,7 +13,7 @@ from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics
 from services.transfer import KvStoreServer
-from services.worker import startup_line, WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
+from services.worker import startup_line, WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     extra = {"metrics_address": metrics_address}
     if store:
         extra["kv_store"] = f"{config.dial_host}:{store.port}"
-    heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None), extra=extra)
+    heartbeat = registry_heartbeat(config, address, lambda: worker_status(engine, prefix_cache=False), extra=extra)
     reaper = None
     if puller and config.redis_url:
         reaper = PeerReaper(puller, _live_prefill(config), interval_s=config.heartbeat_ttl_s).start()

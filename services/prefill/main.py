@@ -11,7 +11,7 @@ from services.engine import LLMEngine
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics
 from services.prefill.server import PrefillServicer
-from services.worker import startup_line, WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal
+from services.worker import startup_line, WorkerConfig, grpc_server, observe, registry_heartbeat, run_until_signal, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def serve(config: WorkerConfig, cache_dir: Path) -> int:
     health, metrics_address = observe(config, loop, server, "tandem.v1.PrefillService", metrics)
     server.start()
     address = f"{config.dial_host}:{port}"
-    heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None),
+    heartbeat = registry_heartbeat(config, address, lambda: worker_status(engine, prefix_cache=False),
                                    extra={"metrics_address": metrics_address})
     log.info("prefill worker %s serving on %s, metrics on http://%s/metrics", config.worker_id, address,
              metrics_address)

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/tandem/v1/worker.proto\x12\ttandem.v1\"\xaf\x01\n\x07Grammar\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.tandem.v1.GrammarKind\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12$\n\x05tools\x18\x03 \x03(\x0b\x32\x15.tandem.v1.ToolSchema\x12&\n\ttool_mode\x18\x04 \x01(\x0e\x32\x13.tandem.v1.ToolMode\x12\x1b\n\x13parallel_tool_calls\x18\x05 \x01(\x08\"3\n\nToolSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fparameters_json\x18\x02 \x01(\t\"\xe6\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12#\n\x07grammar\x18\t \x01(\x0b\x32\x12.tandem.v1.GrammarB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x17\n\x0fprefill_address\x18\x04 \x01(\t\x12\x17\n\x0ftest_corrupt_kv\x18\x05 \x01(\x08\"\xc5\x01\n\rTransferStats\x12\x19\n\x11prefill_worker_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x02 \x01(\t\x12\x13\n\x0bprefill_pid\x18\x03 \x01(\r\x12\x12\n\ndecode_pid\x18\x04 \x01(\r\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13kv_transfer_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x16\n\x0ekv_start_token\x18\x08 \x01(\r\"\x85\x02\n\nTokenEvent\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12.\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12*\n\x08transfer\x18\n \x01(\x0b\x32\x18.tandem.v1.TransferStats\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x15\n\rcached_tokens\x18\x0c \x01(\rJ\x04\x08\x03\x10\x04J\x04\x08\x08\x10\tJ\x04\x08\t\x10\n\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x89\x02\n\x0cWorkerStatus\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x05 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x06 \x01(\r\x12\x14\n\x0ctotal_blocks\x18\x07 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x08 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\t \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\n \x01(\x04\x12\x1c\n\x14prefix_cached_blocks\x18\x0b \x01(\r\x12\x1e\n\x16prefix_cache_evictions\x18\x0c \x01(\x04J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"\x0f\n\rStatusRequest\"\x8a\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x17\n\x0ftest_corrupt_kv\x18\x05 \x01(\x08J\x04\x08\x04\x10\x05\"s\n\x0cKvDescriptor\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\tJ\x04\x08\x06\x10\x07\"\xe0\x01\n\x0cPrefillReply\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12#\n\x02kv\x18\x06 \x01(\x0b\x32\x17.tandem.v1.KvDescriptor\x12\x19\n\x11prefill_worker_id\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\r\x12\x15\n\rcached_tokens\x18\t \x01(\rJ\x04\x08\x05\x10\x06\"z\n\x0bPairRequest\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x01 \x01(\t\x12\x12\n\nstore_host\x18\x02 \x01(\t\x12\x12\n\nstore_port\x18\x03 \x01(\r\x12\x10\n\x08pair_key\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"\x17\n\tPairReplyJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"R\n\rSendKvRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x02 \x01(\t\x12\x13\n\x0bstart_token\x18\x03 \x01(\r\"\x19\n\x0bSendKvReplyJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03*\xac\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x19\n\x15\x46INISH_REASON_GRAMMAR\x10\x05*\x84\x01\n\x0bGrammarKind\x12\x1c\n\x18GRAMMAR_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18GRAMMAR_KIND_JSON_SCHEMA\x10\x01\x12\x1c\n\x18GRAMMAR_KIND_JSON_OBJECT\x10\x02\x12\x1b\n\x17GRAMMAR_KIND_TOOL_CALLS\x10\x03*e\n\x08ToolMode\x12\x19\n\x15TOOL_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOOL_MODE_AUTO\x10\x01\x12\x16\n\x12TOOL_MODE_REQUIRED\x10\x02\x12\x12\n\x0eTOOL_MODE_NONE\x10\x03\x32\xc6\x01\n\rDecodeService\x12?\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x15.tandem.v1.TokenEvent0\x01\x12\x37\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x15.tandem.v1.AbortReply\x12;\n\x06Status\x12\x18.tandem.v1.StatusRequest\x1a\x17.tandem.v1.WorkerStatus2\xb7\x02\n\x0ePrefillService\x12=\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x17.tandem.v1.PrefillReply\x12\x34\n\x04Pair\x12\x16.tandem.v1.PairRequest\x1a\x14.tandem.v1.PairReply\x12:\n\x06SendKv\x12\x18.tandem.v1.SendKvRequest\x1a\x16.tandem.v1.SendKvReply\x12\x37\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x15.tandem.v1.AbortReply\x12;\n\x06Status\x12\x18.tandem.v1.StatusRequest\x1a\x17.tandem.v1.WorkerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/tandem/v1/worker.proto\x12\ttandem.v1\"\xaf\x01\n\x07Grammar\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.tandem.v1.GrammarKind\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12$\n\x05tools\x18\x03 \x03(\x0b\x32\x15.tandem.v1.ToolSchema\x12&\n\ttool_mode\x18\x04 \x01(\x0e\x32\x13.tandem.v1.ToolMode\x12\x1b\n\x13parallel_tool_calls\x18\x05 \x01(\x08\"3\n\nToolSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fparameters_json\x18\x02 \x01(\t\"\xe6\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12#\n\x07grammar\x18\t \x01(\x0b\x32\x12.tandem.v1.GrammarB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x17\n\x0fprefill_address\x18\x04 \x01(\t\x12\x17\n\x0ftest_corrupt_kv\x18\x05 \x01(\x08\"\xc5\x01\n\rTransferStats\x12\x19\n\x11prefill_worker_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x02 \x01(\t\x12\x13\n\x0bprefill_pid\x18\x03 \x01(\r\x12\x12\n\ndecode_pid\x18\x04 \x01(\r\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13kv_transfer_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x16\n\x0ekv_start_token\x18\x08 \x01(\r\"\x85\x02\n\nTokenEvent\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12.\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12*\n\x08transfer\x18\n \x01(\x0b\x32\x18.tandem.v1.TransferStats\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x15\n\rcached_tokens\x18\x0c \x01(\rJ\x04\x08\x03\x10\x04J\x04\x08\x08\x10\tJ\x04\x08\t\x10\n\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x9e\x02\n\x0cWorkerStatus\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0bnum_running\x18\x04 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x05 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x06 \x01(\r\x12\x14\n\x0ctotal_blocks\x18\x07 \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\x08 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\t \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\n \x01(\x04\x12\x1c\n\x14prefix_cached_blocks\x18\x0b \x01(\r\x12\x1e\n\x16prefix_cache_evictions\x18\x0c \x01(\x04\x12\x13\n\x0bnum_threads\x18\r \x01(\rJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"\x0f\n\rStatusRequest\"\x8a\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x17\n\x0ftest_corrupt_kv\x18\x05 \x01(\x08J\x04\x08\x04\x10\x05\"s\n\x0cKvDescriptor\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\tJ\x04\x08\x06\x10\x07\"\xe0\x01\n\x0cPrefillReply\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12#\n\x02kv\x18\x06 \x01(\x0b\x32\x17.tandem.v1.KvDescriptor\x12\x19\n\x11prefill_worker_id\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\r\x12\x15\n\rcached_tokens\x18\t \x01(\rJ\x04\x08\x05\x10\x06\"z\n\x0bPairRequest\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x01 \x01(\t\x12\x12\n\nstore_host\x18\x02 \x01(\t\x12\x12\n\nstore_port\x18\x03 \x01(\r\x12\x10\n\x08pair_key\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"\x17\n\tPairReplyJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"R\n\rSendKvRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x02 \x01(\t\x12\x13\n\x0bstart_token\x18\x03 \x01(\r\"\x19\n\x0bSendKvReplyJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03*\xac\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x19\n\x15\x46INISH_REASON_GRAMMAR\x10\x05*\x84\x01\n\x0bGrammarKind\x12\x1c\n\x18GRAMMAR_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18GRAMMAR_KIND_JSON_SCHEMA\x10\x01\x12\x1c\n\x18GRAMMAR_KIND_JSON_OBJECT\x10\x02\x12\x1b\n\x17GRAMMAR_KIND_TOOL_CALLS\x10\x03*e\n\x08ToolMode\x12\x19\n\x15TOOL_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOOL_MODE_AUTO\x10\x01\x12\x16\n\x12TOOL_MODE_REQUIRED\x10\x02\x12\x12\n\x0eTOOL_MODE_NONE\x10\x03\x32\xc6\x01\n\rDecodeService\x12?\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x15.tandem.v1.TokenEvent0\x01\x12\x37\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x15.tandem.v1.AbortReply\x12;\n\x06Status\x12\x18.tandem.v1.StatusRequest\x1a\x17.tandem.v1.WorkerStatus2\xb7\x02\n\x0ePrefillService\x12=\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x17.tandem.v1.PrefillReply\x12\x34\n\x04Pair\x12\x16.tandem.v1.PairRequest\x1a\x14.tandem.v1.PairReply\x12:\n\x06SendKv\x12\x18.tandem.v1.SendKvRequest\x1a\x16.tandem.v1.SendKvReply\x12\x37\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x15.tandem.v1.AbortReply\x12;\n\x06Status\x12\x18.tandem.v1.StatusRequest\x1a\x17.tandem.v1.WorkerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.tandem.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2229
-  _globals['_FINISHREASON']._serialized_end=2401
-  _globals['_GRAMMARKIND']._serialized_start=2404
-  _globals['_GRAMMARKIND']._serialized_end=2536
-  _globals['_TOOLMODE']._serialized_start=2538
-  _globals['_TOOLMODE']._serialized_end=2639
+  _globals['_FINISHREASON']._serialized_start=2250
+  _globals['_FINISHREASON']._serialized_end=2422
+  _globals['_GRAMMARKIND']._serialized_start=2425
+  _globals['_GRAMMARKIND']._serialized_end=2557
+  _globals['_TOOLMODE']._serialized_start=2559
+  _globals['_TOOLMODE']._serialized_end=2660
   _globals['_GRAMMAR']._serialized_start=45
   _globals['_GRAMMAR']._serialized_end=220
   _globals['_TOOLSCHEMA']._serialized_start=222
@@ -54,25 +54,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABORTREPLY']._serialized_start=1169
   _globals['_ABORTREPLY']._serialized_end=1196
   _globals['_WORKERSTATUS']._serialized_start=1199
-  _globals['_WORKERSTATUS']._serialized_end=1464
-  _globals['_STATUSREQUEST']._serialized_start=1466
-  _globals['_STATUSREQUEST']._serialized_end=1481
-  _globals['_PREFILLREQUEST']._serialized_start=1484
-  _globals['_PREFILLREQUEST']._serialized_end=1622
-  _globals['_KVDESCRIPTOR']._serialized_start=1624
-  _globals['_KVDESCRIPTOR']._serialized_end=1739
-  _globals['_PREFILLREPLY']._serialized_start=1742
-  _globals['_PREFILLREPLY']._serialized_end=1966
-  _globals['_PAIRREQUEST']._serialized_start=1968
-  _globals['_PAIRREQUEST']._serialized_end=2090
-  _globals['_PAIRREPLY']._serialized_start=2092
-  _globals['_PAIRREPLY']._serialized_end=2115
-  _globals['_SENDKVREQUEST']._serialized_start=2117
-  _globals['_SENDKVREQUEST']._serialized_end=2199
-  _globals['_SENDKVREPLY']._serialized_start=2201
-  _globals['_SENDKVREPLY']._serialized_end=2226
-  _globals['_DECODESERVICE']._serialized_start=2642
-  _globals['_DECODESERVICE']._serialized_end=2840
-  _globals['_PREFILLSERVICE']._serialized_start=2843
-  _globals['_PREFILLSERVICE']._serialized_end=3154
+  _globals['_WORKERSTATUS']._serialized_end=1485
+  _globals['_STATUSREQUEST']._serialized_start=1487
+  _globals['_STATUSREQUEST']._serialized_end=1502
+  _globals['_PREFILLREQUEST']._serialized_start=1505
+  _globals['_PREFILLREQUEST']._serialized_end=1643
+  _globals['_KVDESCRIPTOR']._serialized_start=1645
+  _globals['_KVDESCRIPTOR']._serialized_end=1760
+  _globals['_PREFILLREPLY']._serialized_start=1763
+  _globals['_PREFILLREPLY']._serialized_end=1987
+  _globals['_PAIRREQUEST']._serialized_start=1989
+  _globals['_PAIRREQUEST']._serialized_end=2111
+  _globals['_PAIRREPLY']._serialized_start=2113
+  _globals['_PAIRREPLY']._serialized_end=2136
+  _globals['_SENDKVREQUEST']._serialized_start=2138
+  _globals['_SENDKVREQUEST']._serialized_end=2220
+  _globals['_SENDKVREPLY']._serialized_start=2222
+  _globals['_SENDKVREPLY']._serialized_end=2247
+  _globals['_DECODESERVICE']._serialized_start=2663
+  _globals['_DECODESERVICE']._serialized_end=2861
+  _globals['_PREFILLSERVICE']._serialized_start=2864
+  _globals['_PREFILLSERVICE']._serialized_end=3175
 # @@protoc_insertion_point(module_scope)

@@ -157,7 +157,7 @@ class AbortReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs", "prefix_cache_queries", "prefix_cache_hits", "prefix_cached_blocks", "prefix_cache_evictions")
+    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs", "prefix_cache_queries", "prefix_cache_hits", "prefix_cached_blocks", "prefix_cache_evictions", "num_threads")
     PID_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,7 @@ class WorkerStatus(_message.Message):
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     num_running: int
     num_waiting: int
@@ -178,7 +179,8 @@ class WorkerStatus(_message.Message):
     prefix_cache_hits: int
     prefix_cached_blocks: int
     prefix_cache_evictions: int
-    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prefix_cached_blocks: _Optional[int] = ..., prefix_cache_evictions: _Optional[int] = ...) -> None: ...
+    num_threads: int
+    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prefix_cached_blocks: _Optional[int] = ..., prefix_cache_evictions: _Optional[int] = ..., num_threads: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
