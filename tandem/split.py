@@ -10,7 +10,7 @@ container limited to 2 CPUs on a 64-core host gets 2, the first two of its affin
 - n = 2: decode gets both cores and 2 threads; prefill gets 1 thread on the first core, shared
   with decode. Decode is what saturates (prefill idles at ~2% of a core at concurrency 32 with
   128-token prompts and outputs); the 1:1 split left the prefill core idle. Measured side by side:
-  docs/benchmarks.md §8.
+  docs/benchmarks.md §8.2.
 - n ≥ 3: disjoint cores, prefill the first ⌈n/4⌉, decode the rest; threads = cores. A quarter keeps
   long prompts' TTFT down without taking decode's cores (prefill runs whole prompts as large
   matmuls, several times the work per core-second of a decode step).
