@@ -84,6 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="measured requests = concurrency × this (after min(c, 4) warm-up requests)")
     ap.add_argument("--quick", action="store_true", help="one request per user, concurrency 1,8")
     ap.add_argument("--threads", type=int, default=0, help="llama-server threads (default: usable cpus)")
+    ap.add_argument("--llama-args", default="", help="more llama-server arguments, e.g. --llama-args=--no-repack")
     ap.add_argument("--out", type=Path, default=Path("bench-results") / time.strftime("vs-llama-%Y%m%d-%H%M%S"))
     ap.add_argument("--write-doc", type=Path, default=None, help="replace the vs-llama table in this file")
     ap.add_argument("--ready-timeout", type=float, default=600.0)
@@ -108,7 +109,7 @@ def make_plan(args: argparse.Namespace, threads: int) -> Plan:
             port = free_port()
             cmd = [str(args.llama_server), "-m", str(gguf), "-t", str(threads), "-tb", str(threads),
                    "-np", str(max(concurrency)), "-c", str(ctx_per_slot * max(concurrency)),
-                   "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+                   "--host", "127.0.0.1", "--port", str(port), "--no-webui", *shlex.split(args.llama_args)]
             deps.append(Deployment(f"llama-server {_quant(gguf)}", f"http://127.0.0.1:{port}/v1", shlex.join(cmd)))
     for split in filter(None, args.splits.split(",")):
         port = free_port()

@@ -32,13 +32,14 @@ def test_without_llama_server_only_the_tandem_rows_are_planned():
 
 def test_llama_server_gets_the_threads_slots_and_context_of_the_run(tmp_path):
     args = parse_args(["--llama-server", str(fake_binary(tmp_path)), "--gguf", "m.Q4_1.gguf",
-                       "--gguf", "m.F32.gguf", "--no-colocated", "--splits", ""])
+                       "--gguf", "m.F32.gguf", "--no-colocated", "--splits", "", "--llama-args=--no-repack"])
     plan = make_plan(args, threads=2)
     assert [d.name for d in plan.deployments] == ["llama-server Q4_1", "llama-server F32"]
     argv = shlex.split(plan.deployments[0].command)
     opt = dict(zip(argv[1::2], argv[2::2]))
     assert opt["-m"] == "m.Q4_1.gguf" and opt["-t"] == "2" and opt["-np"] == "32"
     assert int(opt["-c"]) >= 32 * (128 + 128)                            # every slot fits a request
+    assert argv[-1] == "--no-repack"
 
 
 def test_the_bench_load_is_greedy_ignore_eos_closed_loop():
