@@ -28,6 +28,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import torch
 
 from protos.tandem.v1 import worker_pb2 as pb
 from services.engine import EngineConfig, InvalidRequestError
@@ -98,7 +99,8 @@ def abort_invalid(context: grpc.ServicerContext, error: InvalidRequestError) -> 
 
 def worker_status(loop, drain: "Drain", **extra: int) -> pb.WorkerStatus:
     """Load, cache and per-request state of the worker driving ``loop`` (an ``EngineLoop``);
-    ``extra``: role-specific ``WorkerStatus`` fields."""
+    ``extra``: role-specific ``WorkerStatus`` fields. Never waits for a model step (the registry
+    heartbeat publishes it)."""
     engine = loop.engine
     s, cache, counts = engine.scheduler, engine.prefix_cache_stats(), engine.request_counts()
     return pb.WorkerStatus(pid=os.getpid(), num_running=len(s.running), num_waiting=len(s.waiting),
@@ -109,7 +111,8 @@ def worker_status(loop, drain: "Drain", **extra: int) -> pb.WorkerStatus:
                            prefix_cache_evictions=cache.evictions,
                            live_requests=counts.live, awaiting_kv=counts.awaiting_kv,
                            held_kv_requests=counts.held, held_kv_bytes=counts.held_bytes,
-                           subscribers=loop.subscribers, calls_in_progress=drain.calls, **extra)
+                           subscribers=loop.subscribers, calls_in_progress=drain.calls,
+                           num_threads=torch.get_num_threads(), **extra)
 
 
 def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metrics) -> tuple:

@@ -49,7 +49,11 @@ def _main(argv: list[str] | None) -> int:
     up = sub.add_parser("up", help="run Redis, a prefill and a decode worker, and the gateway")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--no-pin", action="store_true", help="do not pin each worker to its own core")
+    up.add_argument("--no-pin", action="store_true",
+                    help="do not pin workers to cores (their thread counts still follow the split)")
+    up.add_argument("--split", default=None,
+                    help="prefill:decode torch threads, e.g. 1:2 (1:2x1: two 1-thread decode workers), or auto (default: TANDEM_SPLIT, "
+                         "else auto: sized from the machine; docs/architecture.md \"CPU split\")")
     up.add_argument("--colocated", action="store_true",
                     help="one worker doing both prefill and decode on all cores (the baseline)")
     _add_engine_args(up)
@@ -107,13 +111,22 @@ def engine_config(args: argparse.Namespace):
 
 
 def up_command(args: argparse.Namespace) -> int:
-    from tandem.up import UpConfig, run
+    from tandem.up import UpConfig, cpu_split, run
 
     s = Settings.from_env()
-    return run(UpConfig(host=args.host, port=args.port, model=args.model, dtype=args.dtype,
-                        redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin,
-                        colocated=args.colocated,
-                        worker_secret=s.worker_secret or secrets.token_urlsafe(32)))
+    cfg = UpConfig(host=args.host, port=args.port, model=args.model, dtype=args.dtype,
+                   redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin,
+                   split=args.split or s.split, colocated=args.colocated,
+                   worker_secret=s.worker_secret or secrets.token_urlsafe(32))
+    try:
+        if cfg.colocated and cfg.split != "auto":
+            raise ValueError("--colocated runs one worker on all usable cpus; a prefill:decode "
+                             f"split ({cfg.split}) does not apply")
+        cpu_split(cfg)
+    except ValueError as e:
+        print(f"error: --split: {e}", file=sys.stderr)
+        return 2
+    return run(cfg)
 
 
 def _add_ray_parser(sub) -> None:

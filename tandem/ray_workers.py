@@ -36,6 +36,7 @@ import ray
 import redis
 
 from services.registry import WorkerRegistry
+from tandem.split import Placement
 from tandem.up import UpConfig, spawn_worker
 
 ROLES = ("prefill", "decode")
@@ -74,7 +75,7 @@ class WorkerActor:
         os.environ.update(spec.env)
         cfg = UpConfig(host=self.node_ip, model=spec.model, dtype=spec.dtype, worker_secret=spec.worker_secret)
         self.draining = False
-        self.proc = spawn_worker(role, cfg, spec.redis_url, None, threads=max(1, int(spec.cpus)),
+        self.proc = spawn_worker(role, cfg, spec.redis_url, Placement((), max(1, int(spec.cpus))),
                                  worker_id=worker_id, death_signal=signal.SIGKILL)
         threading.Thread(target=self._watch, daemon=True, name="watch-worker").start()
 

@@ -40,7 +40,13 @@ class Settings(BaseSettings):
                                              "and a CPU with native bf16)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
-    num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default; "
+                                                  "`tandem up` sets it per worker from TANDEM_SPLIT)")
+    split: str = Field("auto", pattern=r"^(auto|\d+:(\d+x)?\d+)$",
+                       description="`tandem up`: prefill:decode torch threads, e.g. `1:2` (`1:2x1`: "
+                                   "two 1-thread decode workers), or "
+                                   "`auto` (sized from the usable cpus and cgroup quota; "
+                                   "docs/architecture.md \"CPU split\")")
     prefix_caching: bool = Field(True, description="keep full KV blocks as a prefix cache (both "
                                                    "workers): shared prompt prefixes are computed "
                                                    "and moved once")

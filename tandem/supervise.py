@@ -1,6 +1,6 @@
 """``tandem up``'s worker supervision: a worker that exits is restarted, with backoff.
 
-Rules: each worker slot (a role and a core) is watched once per tick. A slot whose process
+Rules: each worker slot (a role and its placement: cores and threads) is watched once per tick. A slot whose process
 exited is restarted after a delay that doubles with each restart in a row (``base_s`` up to
 ``max_s``); a worker that stayed up ``stable_s`` seconds resets that count. Every exit and restart
 is printed to stderr and counted (``restarts``, per slot and in total). Requests in flight on the
@@ -27,7 +27,7 @@ from typing import Callable
 @dataclass
 class Slot:
     role: str
-    core: int | None
+    placement: object           # what ``spawn`` needs besides the role (tandem/split.py Placement)
     proc: subprocess.Popen
     started: float = field(default_factory=time.monotonic)
     in_a_row: int = 0           # restarts since the worker last stayed up ``stable_s``
@@ -36,7 +36,7 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, spawn: Callable[[str, int | None], subprocess.Popen], slots: list[Slot],
+    def __init__(self, spawn: Callable[[str, object], subprocess.Popen], slots: list[Slot],
                  base_s: float = 0.5, max_s: float = 30.0, stable_s: float = 60.0):
         self.spawn = spawn
         self.slots = slots
@@ -83,7 +83,7 @@ class Supervisor:
               f"{slot.proc.returncode}; restarting it in {delay:g} s", file=sys.stderr, flush=True)
 
     def _restart(self, slot: Slot, now: float) -> None:
-        slot.proc = self.spawn(slot.role, slot.core)
+        slot.proc = self.spawn(slot.role, slot.placement)
         slot.started, slot.restart_at = now, None
         slot.in_a_row += 1
         slot.restarts += 1

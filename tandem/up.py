@@ -1,9 +1,9 @@
 """``tandem up``: the embedded default deployment on one machine.
 
 Starts, in order: Redis (unless ``TANDEM_REDIS_URL`` names one; data and AOF under the data
-directory, restarted if it dies), one prefill and one decode worker as separate OS processes (each
-pinned to its own core where the OS allows, one torch thread each) — or, with ``--colocated``, one
-worker doing both on all cores — and the gateway in this process. It prints the URL once
+directory, restarted if it dies), one prefill and one decode worker as separate OS processes, their
+cores and torch threads chosen by the CPU split (tandem/split.py; printed in the start line) — or,
+with ``--colocated``, one worker doing both on all cores — and the gateway in this process. It prints the URL once
 ``/ready`` is green. Once it is, a worker that exits is restarted with backoff and the stack keeps
 serving (tandem/supervise.py); a worker that exits during start-up stops the stack. Workers and gateway
 share a worker secret, generated here unless ``TANDEM_WORKER_SECRET`` is set (docs/architecture.md). Ctrl-C (or SIGTERM) stops the gateway, then the workers, then Redis;
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tandem.redis_server import EmbeddedRedis, die_with_parent
+from tandem.split import CpuSplit, Placement, choose_split, colocated_split, usable_cpus
 from tandem.supervise import Slot, Supervisor
 
 log = logging.getLogger(__name__)
@@ -38,36 +39,38 @@ class UpConfig:
     redis_url: str = ""
     data_dir: Path = Path(".tandem")
     pin_cores: bool = True
+    split: str = "auto"                 # "auto" or "P:D" threads (tandem/split.py)
     colocated: bool = False
     ready_timeout_s: float = 300.0
     worker_secret: str = field(default="", repr=False)   # TANDEM_WORKER_SECRET of workers and gateway
 
 
-def _preexec(core: int | None, death_signal: int):
+def _preexec(cpus: tuple[int, ...], death_signal: int):
     die = die_with_parent(os.getpid(), death_signal)
 
     def run() -> None:
         die()
-        if core is not None:
+        if cpus:
             try:
-                os.sched_setaffinity(0, {core})
+                os.sched_setaffinity(0, cpus)
             except OSError:
                 pass
     return run
 
 
-def spawn_worker(role: str, cfg: UpConfig, redis_url: str, core: int | None, *, threads: int = 0,
+def spawn_worker(role: str, cfg: UpConfig, redis_url: str, placement: Placement, *,
                  worker_id: str = "", death_signal: int = signal.SIGTERM) -> subprocess.Popen:
-    """Start ``tandem ROLE`` listening on (and advertising) ``cfg.host``; it gets ``death_signal``
-    when this thread dies. Pinned to ``core``, or with ``threads`` torch threads (0: torch's choice)."""
+    """Start ``tandem ROLE`` listening on (and advertising) ``cfg.host``, on ``placement``'s cpus
+    with its torch threads (none given: all cpus, torch's choice); it gets ``death_signal`` when
+    this thread dies."""
     env = dict(os.environ, TANDEM_REDIS_URL=redis_url, TANDEM_WORKER_SECRET=cfg.worker_secret)
-    if core is not None or threads:
-        env["TANDEM_NUM_THREADS"] = str(1 if core is not None else threads)
+    if placement.threads:
+        env["TANDEM_NUM_THREADS"] = str(placement.threads)
     argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--metrics-port", "0",
             "--dtype", cfg.dtype,
             *(["--model", cfg.model] if cfg.model else []),
             *(["--worker-id", worker_id] if worker_id else [])]
-    return subprocess.Popen(argv, env=env, preexec_fn=_preexec(core, death_signal))
+    return subprocess.Popen(argv, env=env, preexec_fn=_preexec(placement.cpus, death_signal))
 
 
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
@@ -83,13 +86,12 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None
             p.wait(5)
 
 
-def worker_cores(pin: bool) -> tuple[int | None, int | None]:
-    if not pin or not hasattr(os, "sched_getaffinity"):
-        return None, None
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        return None, None
-    return cores[0], cores[1]
+def cpu_split(cfg: UpConfig) -> CpuSplit:
+    """Each worker's cores and threads (``ValueError`` for a split this machine cannot give)."""
+    cpus = usable_cpus()
+    if cfg.colocated:
+        return colocated_split(cpus, cfg.pin_cores)
+    return choose_split(cfg.split, cpus, cfg.pin_cores)
 
 
 def start_redis(cfg: UpConfig) -> tuple[EmbeddedRedis | None, str]:
@@ -103,17 +105,15 @@ def start_redis(cfg: UpConfig) -> tuple[EmbeddedRedis | None, str]:
 
 def run(cfg: UpConfig) -> int:
     started = time.monotonic()
+    split = cpu_split(cfg)
+    print(f"tandem up: cpu split: {split.describe()}", flush=True)
     redis, redis_url = start_redis(cfg)
     stages = {"redis": time.monotonic() - started}
     prepare_model(cfg)                 # a GGUF is converted here, once, before any worker starts
     stages["model files"] = time.monotonic() - started - stages["redis"]
-    if cfg.colocated:
-        slots = [("colocated", None)]
-    else:
-        prefill_core, decode_core = worker_cores(cfg.pin_cores)
-        slots = [("prefill", prefill_core), ("decode", decode_core)]
-    supervisor = Supervisor(lambda role, core: spawn_worker(role, cfg, redis_url, core),
-                            [Slot(role, core, spawn_worker(role, cfg, redis_url, core)) for role, core in slots])
+    supervisor = Supervisor(lambda role, placement: spawn_worker(role, cfg, redis_url, placement),
+                            [Slot(role, placement, spawn_worker(role, cfg, redis_url, placement))
+                             for role, placement in split.workers])
     try:
         timing = (started, stages)
         serve_gateway(cfg, redis_url, lambda server: _announce_when_ready(

@@ -84,6 +84,21 @@ class Stack:
                 out.append(stub_cls(ch).Status(pb.StatusRequest(), timeout=5))
         return out
 
+    def worker_placements(self, role: str) -> list[tuple[tuple[int, ...], int]]:
+        """(cpus, torch threads) of each live worker of ``role``: its affinity as the kernel
+        reports it (``Cpus_allowed_list`` in /proc) and the threads its Status reports."""
+        return [(_cpus_allowed(st.pid), st.num_threads) for st in self.worker_status(role)]
+
+
+def _cpus_allowed(pid: int) -> tuple[int, ...]:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if x.startswith("Cpus_allowed_list:"))
+    cpus: list[int] = []
+    for part in line.split(":", 1)[1].strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return tuple(cpus)
+
 
 def start_gateway(redis_url: str, log: Path | None = None, **env: str) -> tuple[subprocess.Popen, str]:
     """A ``tandem gateway`` process on ``redis_url`` (its output to the file ``log``, if given);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tandem.up import UpConfig, cpu_split
 from tests.e2e.conftest import start_up, stop_up
 
 pytestmark = pytest.mark.slow
@@ -29,6 +30,12 @@ def test_colocated_serves_the_same_greedy_answer_without_kv_handoff(colocated, s
     assert len(r.usage.model_extra["decode_time_arr"]) == r.usage.completion_tokens - 1
     pd = stack.client().chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
     assert r.choices[0].message.content == pd.choices[0].message.content
+
+
+def test_the_colocated_worker_gets_every_usable_cpu(colocated):
+    (placement,) = cpu_split(UpConfig(colocated=True)).placements("colocated")
+    assert colocated.worker_placements("colocated") == [(placement.cpus, placement.threads)]
+    assert placement.threads == len(placement.cpus) >= 1
 
 
 def test_colocated_worker_refuses_a_prefill_address_and_hosts_no_kv_store(colocated):

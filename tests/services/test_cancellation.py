@@ -17,7 +17,7 @@ from services.decode.server import DecodeServicer
 from services.engine import EngineConfig, LLMEngine, SamplingParams
 from services.engine.loop import EngineLoop
 from services.prefill.server import PrefillServicer
-from services.worker import CallCounter, WorkerConfig, grpc_server, worker_status
+from services.worker import Drain, WorkerConfig, grpc_server, worker_status
 from tests.services.decode.test_server import FakePuller
 
 
@@ -137,7 +137,7 @@ def test_status_never_waits_for_a_model_step(stopped_loop):
     taken.wait(5)
     try:
         started = time.monotonic()
-        status = worker_status(stopped_loop, CallCounter())
+        status = worker_status(stopped_loop, Drain())
         assert time.monotonic() - started < 1 and status.total_blocks > 0
     finally:
         release.set()

@@ -157,7 +157,7 @@ class AbortReply(_message.Message):
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs", "prefix_cache_queries", "prefix_cache_hits", "prefix_cached_blocks", "prefix_cache_evictions", "live_requests", "awaiting_kv", "held_kv_requests", "held_kv_bytes", "admitted_kv_bytes", "subscribers", "calls_in_progress", "kv_peers")
+    __slots__ = ("pid", "num_running", "num_waiting", "free_blocks", "total_blocks", "max_num_seqs", "prefix_cache_queries", "prefix_cache_hits", "prefix_cached_blocks", "prefix_cache_evictions", "live_requests", "awaiting_kv", "held_kv_requests", "held_kv_bytes", "admitted_kv_bytes", "subscribers", "calls_in_progress", "kv_peers", "num_threads")
     PID_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class WorkerStatus(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     CALLS_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     KV_PEERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     num_running: int
     num_waiting: int
@@ -194,7 +195,8 @@ class WorkerStatus(_message.Message):
     subscribers: int
     calls_in_progress: int
     kv_peers: int
-    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prefix_cached_blocks: _Optional[int] = ..., prefix_cache_evictions: _Optional[int] = ..., live_requests: _Optional[int] = ..., awaiting_kv: _Optional[int] = ..., held_kv_requests: _Optional[int] = ..., held_kv_bytes: _Optional[int] = ..., admitted_kv_bytes: _Optional[int] = ..., subscribers: _Optional[int] = ..., calls_in_progress: _Optional[int] = ..., kv_peers: _Optional[int] = ...) -> None: ...
+    num_threads: int
+    def __init__(self, pid: _Optional[int] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., free_blocks: _Optional[int] = ..., total_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., prefix_cached_blocks: _Optional[int] = ..., prefix_cache_evictions: _Optional[int] = ..., live_requests: _Optional[int] = ..., awaiting_kv: _Optional[int] = ..., held_kv_requests: _Optional[int] = ..., held_kv_bytes: _Optional[int] = ..., admitted_kv_bytes: _Optional[int] = ..., subscribers: _Optional[int] = ..., calls_in_progress: _Optional[int] = ..., kv_peers: _Optional[int] = ..., num_threads: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
