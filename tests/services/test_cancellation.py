@@ -156,10 +156,10 @@ def test_a_prompt_whose_caller_left_before_it_was_admitted_is_dropped_at_once(st
             with servicer._lock:   # the handler waits in its held-KV admission
                 call = rpc.PrefillServiceStub(channel).Prefill.future(pb.PrefillRequest(
                     request_id="late", prompt_token_ids=[1, 2, 3], sampling=sampling()), timeout=30)
-                wait_until(lambda: servicer.calls.value == 1, within=5)
+                wait_until(lambda: servicer.drain.calls == 1, within=5)
                 call.cancel()
                 time.sleep(1)      # the cancellation reached the server
-            wait_until(lambda: servicer.calls.value == 0, within=2)
+            wait_until(lambda: servicer.drain.calls == 0, within=2)
         counts = stopped_loop.engine.request_counts()
         assert (counts.live, counts.held, stopped_loop.subscribers) == (0, 0, 0)
     finally:
