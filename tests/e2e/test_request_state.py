@@ -21,7 +21,7 @@ CORRUPT = {"x-tandem-test-corrupt-kv": "1"}    # the KV handoff fails after the 
 
 def test_a_chat_stream_that_fails_after_its_first_token_reports_its_usage(stack):
     chunks = []
-    with pytest.raises(openai.APIError, match="checksum"):
+    with pytest.raises(openai.APIError, match="worker failed"):   # the checksum error: logs only
         for chunk in stack.client().chat.completions.create(
                 model=MODEL, messages=HI, max_tokens=20, stream=True, extra_headers=CORRUPT,
                 stream_options={"include_usage": True}):
