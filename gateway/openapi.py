@@ -11,6 +11,9 @@ schemathesis) reads the real contract:
 - shapes the validators accept besides the declared type: a string ``input`` (one user message),
   string message ``content`` (Responses) and text-part lists for Chat ``content`` and a
   ``function_call_output``'s ``output``.
+- a Chat message is one schema per role (as OpenAI's own document has): what each role must and
+  may carry (``tool_call_id`` only and always on ``tool``, ``tool_calls`` only on ``assistant``,
+  null ``content`` only beside ``tool_calls``), which one pydantic model can only check in a validator.
 - streams: the create endpoints and a stored response's replay may answer ``text/event-stream``.
 """
 
@@ -81,11 +84,31 @@ def correct(doc: dict[str, Any], served_model_name: str) -> None:
         declared = schemas[name]["properties"][prop]
         schemas[name]["properties"][prop] = {"anyOf": [other, {k: v for k, v in declared.items()
                                                               if k != "title"}]}
+    schemas["Message"] = _chat_message(schemas["Message"])
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
             _responses(path, method, op["responses"])
+
+
+def _chat_message(derived: dict[str, Any]) -> dict[str, Any]:
+    """The Chat message schema, one variant per role (see the module's docstring)."""
+    text = {"anyOf": [TEXT_PARTS, {"type": "string"}]}
+    calls = {"type": "array", "minItems": 1,
+             "items": next(v for v in derived["properties"]["tool_calls"]["anyOf"] if v.get("type") == "array")["items"]}
+
+    def variant(roles: list[str], required: list[str], **props: Any) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": False, "required": ["role", *required],
+                "properties": {"role": {"type": "string", "enum": roles}, **props}}
+
+    return {"description": derived.get("description", ""), "anyOf": [
+        variant(["system", "developer", "user"], ["content"], content=text),
+        variant(["assistant"], ["content"], content=text, tool_calls=calls),
+        variant(["assistant"], ["content", "tool_calls"], content={"anyOf": [text, {"type": "null"}]},
+                tool_calls=calls),
+        variant(["tool"], ["content", "tool_call_id"], content=text, tool_call_id={"type": "string"}),
+    ]}
 
 
 def _responses(path: str, method: str, responses: dict[str, Any]) -> None:

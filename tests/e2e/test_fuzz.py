@@ -17,7 +17,7 @@ document; a string path parameter alone cannot). Checks, and why:
 
 The examples are derandomized (the same ones every run, so CI does not flake) and generation
 length is bounded so the run stays short: each create request asks for at most
-``MAX_TOKENS`` tokens (larger token limits are lowered to it, a missing one is set). Runs
+``MAX_TOKENS`` tokens (larger token limits are lowered to it, a null or missing one is set). Runs
 schemathesis through hypothesis's ``given`` per operation (its lazy pytest fixture does not work
 with pytest 9).
 """
@@ -89,13 +89,16 @@ def test_fuzz(schema, root, method, path, mode):
 
 
 def bound_generation(case) -> None:
-    """At most ``MAX_TOKENS`` generated tokens for a create request (limits lowered, or set)."""
+    """At most ``MAX_TOKENS`` generated tokens for a create request (limits lowered, a null or
+    missing one set)."""
     fields = TOKEN_LIMITS.get(case.path) if case.method.upper() == "POST" else None
     if not fields or not isinstance(case.body, dict):
         return
     for name in fields:
         value = case.body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
+        if name in case.body and value is None:          # null means "no limit": the context's end
+            case.body[name] = MAX_TOKENS
+        elif isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
             case.body[name] = MAX_TOKENS
     if not any(name in case.body for name in fields):
         case.body[fields[0]] = MAX_TOKENS
