@@ -99,11 +99,22 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=s.device)
 
 
+def role_weights(s: Settings, role: str) -> str:
+    """The linear-layer weights a worker of ``role`` runs: ``TANDEM_PREFILL_WEIGHTS`` for a
+    prefill worker when set, else ``TANDEM_WEIGHTS``. A colocated worker does both phases with one
+    set of weights, so a different prefill setting there is refused (``ValueError``)."""
+    if role == "colocated" and s.prefill_weights and s.prefill_weights != s.weights:
+        raise ValueError(f"TANDEM_PREFILL_WEIGHTS={s.prefill_weights} differs from TANDEM_WEIGHTS="
+                         f"{s.weights}, but a colocated worker prefills and decodes with one set of weights")
+    return (s.prefill_weights or s.weights) if role == "prefill" else s.weights
+
+
 def engine_config(args: argparse.Namespace):
     from services.engine import EngineConfig
 
     s = Settings.from_env()
-    return EngineConfig(model=args.model, dtype=args.dtype, device=args.device, weights=s.weights,
+    return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
+                        weights=role_weights(s, getattr(args, "command", "")),
                         kv_cache_bytes=s.kv_cache_bytes, num_threads=s.num_threads,
                         enable_prefix_caching=s.prefix_caching,
                         max_num_seqs=getattr(args, "max_num_seqs", 64),
@@ -118,6 +129,12 @@ def up_command(args: argparse.Namespace) -> int:
                    redis_url=s.redis_url, data_dir=s.data_dir, pin_cores=not args.no_pin,
                    split=args.split or s.split, colocated=args.colocated,
                    worker_secret=s.worker_secret or secrets.token_urlsafe(32))
+    if cfg.colocated:
+        try:
+            role_weights(s, "colocated")
+        except ValueError as e:
+            print(f"error: --colocated: {e}", file=sys.stderr)
+            return 2
     try:
         if cfg.colocated and cfg.split != "auto":
             raise ValueError("--colocated runs one worker on all usable cpus; a prefill:decode "
@@ -216,7 +233,12 @@ def worker_command(args: argparse.Namespace) -> int:
         return 2
     if not s.worker_secret:
         logging.getLogger(__name__).warning("TANDEM_INSECURE_WORKERS: this worker answers gRPC from anyone who can reach it")
-    config = WorkerConfig(role=args.command, engine=engine_config(args), host=args.host, port=args.port,
+    try:
+        engine = engine_config(args)
+    except ValueError as e:
+        print(f"error: tandem {args.command}: {e}", file=sys.stderr)
+        return 2
+    config = WorkerConfig(role=args.command, engine=engine, host=args.host, port=args.port,
                           advertise_host=args.advertise_host, redis_url=s.redis_url,
                           worker_id=args.worker_id, test_hooks=s.test_hooks,
                           kv_timeout_s=getattr(args, "kv_timeout", s.kv_timeout_s),

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     weights: Literal["dense", "int4"] = Field("dense", description="linear-layer weights: dense "
                                              "(in dtype) or int4 (4-bit groups; needs dtype bfloat16 "
                                              "and a CPU with native bf16)")
+    prefill_weights: Literal["", "dense", "int4"] = Field(
+        "", description="a prefill worker's linear-layer weights (empty: TANDEM_WEIGHTS); dense with "
+                        "TANDEM_WEIGHTS=int4 prefills in dense bf16 (faster on many rows) and decodes in "
+                        "int4 (faster on few rows); not for a colocated worker")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default; "

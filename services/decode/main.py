@@ -42,8 +42,9 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     reaper = None
     if puller and config.redis_url:
         reaper = PeerReaper(puller, _live_prefill(config), interval_s=config.heartbeat_ttl_s).start()
-    log.info("%s worker %s serving on %s%s, metrics on http://%s/metrics", config.role, config.worker_id,
-             address, f" (KV store on port {store.port})" if store else "", metrics_address)
+    log.info("%s worker %s serving on %s (%s, %s weights%s), metrics on http://%s/metrics", config.role,
+             config.worker_id, address, config.engine.dtype, config.engine.weights,
+             f"; KV store on port {store.port}" if store else "", metrics_address)
     print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address} metrics={metrics_address}", flush=True)
     log.info("%s worker %s %s", config.role, config.worker_id, startup_line(engine_seconds))
 

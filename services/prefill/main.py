@@ -33,8 +33,8 @@ def serve(config: WorkerConfig, cache_dir: Path) -> int:
     address = f"{config.dial_host}:{port}"
     heartbeat = registry_heartbeat(config, address, lambda: servicer.Status(None, None),
                                    extra={"metrics_address": metrics_address})
-    log.info("prefill worker %s serving on %s, metrics on http://%s/metrics", config.worker_id, address,
-             metrics_address)
+    log.info("prefill worker %s serving on %s (%s, %s weights), metrics on http://%s/metrics", config.worker_id,
+             address, config.engine.dtype, config.engine.weights, metrics_address)
     print(f"TANDEM_WORKER_READY prefill {config.worker_id} {address} metrics={metrics_address}", flush=True)
     log.info("prefill worker %s %s", config.worker_id, startup_line(engine_seconds))
 

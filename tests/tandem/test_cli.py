@@ -44,3 +44,40 @@ def test_ray_up_refuses_a_deployment_without_workers_before_starting_anything(tm
                           text=True, timeout=60)
     assert done.returncode == 2 and named in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []     # no Redis, no Ray, no address recorded
+
+
+@pytest.mark.parametrize("env, weights", [
+    ({}, {"prefill": "dense", "decode": "dense", "colocated": "dense"}),
+    ({"TANDEM_WEIGHTS": "int4"}, {"prefill": "int4", "decode": "int4", "colocated": "int4"}),
+    ({"TANDEM_WEIGHTS": "int4", "TANDEM_PREFILL_WEIGHTS": "dense"},
+     {"prefill": "dense", "decode": "int4"}),
+    ({"TANDEM_WEIGHTS": "int4", "TANDEM_PREFILL_WEIGHTS": "int4"}, {"prefill": "int4", "decode": "int4",
+                                                                   "colocated": "int4"}),
+])
+def test_each_role_runs_the_weights_its_settings_give(monkeypatch, env, weights):
+    import argparse
+
+    from tandem.cli import engine_config
+
+    for name in ("TANDEM_WEIGHTS", "TANDEM_PREFILL_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for role, expected in weights.items():
+        args = argparse.Namespace(command=role, model="", dtype="bfloat16", device="cpu", max_num_seqs=8)
+        assert engine_config(args).weights == expected, role
+
+
+def test_a_colocated_worker_refuses_prefill_weights_that_differ(tmp_path):
+    import os
+
+    env = {**os.environ, "TANDEM_WEIGHTS": "int4", "TANDEM_PREFILL_WEIGHTS": "dense",
+           "TANDEM_DTYPE": "bfloat16", "TANDEM_DATA_DIR": str(tmp_path), "TANDEM_INSECURE_WORKERS": "1"}
+    for argv in (["colocated"], ["up", "--colocated", "--port", "1"]):
+        done = subprocess.run([sys.executable, "-m", "tandem.cli", *argv], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "TANDEM_PREFILL_WEIGHTS=dense" in done.stderr and "colocated" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "tandem.cli", "settings"], capture_output=True, text=True,
+                          env={**env, "TANDEM_PREFILL_WEIGHTS": "int8"}, timeout=60)
+    assert done.returncode == 2 and "TANDEM_PREFILL_WEIGHTS" in done.stderr
