@@ -1,8 +1,8 @@
 """Served speed of Tandem against llama.cpp's ``llama-server`` on this machine (issue #17's table).
 
 Each deployment is started alone on a free port (``llama-server`` per GGUF given, ``tandem up`` P/D
-per CPU split asked for and per ``--tandem-env`` variant, ``tandem up --colocated``), waited for, and loaded by ``tandem bench`` at
-each concurrency (closed loop; random prompts of ``--input-len`` tokens, ``--output-len`` tokens
+per CPU split asked for and per ``--tandem-env`` variant, ``tandem up --colocated``), waited for,
+and loaded by ``tandem bench`` at each concurrency (closed loop; random prompts of ``--input-len`` tokens, ``--output-len`` tokens
 out, greedy, ``ignore_eos``; the same seed, so every deployment gets the same requests), then
 stopped. The machine's limits (CPU flags, usable cores, matmul rate, memory bandwidth) are measured
 in the same run, before and after, and the load average is recorded around every deployment.

@@ -95,8 +95,9 @@ def correct(doc: dict[str, Any], served_model_name: str) -> None:
 def _chat_message(derived: dict[str, Any]) -> dict[str, Any]:
     """The Chat message schema, one variant per role (see the module's docstring)."""
     text = {"anyOf": [TEXT_PARTS, {"type": "string"}]}
+    declared = derived["properties"]["tool_calls"]["anyOf"]
     calls = {"type": "array", "minItems": 1,
-             "items": next(v for v in derived["properties"]["tool_calls"]["anyOf"] if v.get("type") == "array")["items"]}
+             "items": next(v for v in declared if v.get("type") == "array")["items"]}
 
     def variant(roles: list[str], required: list[str], **props: Any) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": False, "required": ["role", *required],

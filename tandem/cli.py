@@ -99,13 +99,18 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=s.device)
 
 
+ENGINES_DOING_BOTH = {"colocated": "a colocated worker", "generate": "tandem generate"}
+
+
 def role_weights(s: Settings, role: str) -> str:
     """The linear-layer weights a worker of ``role`` runs: ``TANDEM_PREFILL_WEIGHTS`` for a
-    prefill worker when set, else ``TANDEM_WEIGHTS``. A colocated worker does both phases with one
-    set of weights, so a different prefill setting there is refused (``ValueError``)."""
-    if role == "colocated" and s.prefill_weights and s.prefill_weights != s.weights:
+    prefill worker when set, else ``TANDEM_WEIGHTS``. An engine doing both phases (a colocated
+    worker, ``tandem generate``) has one set of weights, so a different prefill setting there is
+    refused (``ValueError``)."""
+    if role not in ("prefill", "decode") and s.prefill_weights and s.prefill_weights != s.weights:
         raise ValueError(f"TANDEM_PREFILL_WEIGHTS={s.prefill_weights} differs from TANDEM_WEIGHTS="
-                         f"{s.weights}, but a colocated worker prefills and decodes with one set of weights")
+                         f"{s.weights}, but {ENGINES_DOING_BOTH.get(role, 'this engine')} prefills and "
+                         "decodes with one set of weights")
     return (s.prefill_weights or s.weights) if role == "prefill" else s.weights
 
 
@@ -260,7 +265,12 @@ def worker_command(args: argparse.Namespace) -> int:
 def generate(args: argparse.Namespace) -> int:
     from services.engine import InvalidRequestError, LLMEngine, SamplingParams
 
-    engine = LLMEngine(engine_config(args), Settings.from_env().cache_dir)
+    try:
+        config = engine_config(args)
+    except ValueError as e:
+        print(f"error: tandem generate: {e}", file=sys.stderr)
+        return 2
+    engine = LLMEngine(config, Settings.from_env().cache_dir)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     try:

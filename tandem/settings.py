@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     prefill_weights: Literal["", "dense", "int4"] = Field(
         "", description="a prefill worker's linear-layer weights (empty: TANDEM_WEIGHTS); dense with "
                         "TANDEM_WEIGHTS=int4 prefills in dense bf16 (faster on many rows) and decodes in "
-                        "int4 (faster on few rows); not for a colocated worker")
+                        "int4 (faster on few rows); P/D only (a colocated worker refuses a different one)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default; "

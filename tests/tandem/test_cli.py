@@ -68,16 +68,17 @@ def test_each_role_runs_the_weights_its_settings_give(monkeypatch, env, weights)
         assert engine_config(args).weights == expected, role
 
 
-def test_a_colocated_worker_refuses_prefill_weights_that_differ(tmp_path):
+def test_an_engine_doing_both_phases_refuses_prefill_weights_that_differ(tmp_path):
     import os
 
     env = {**os.environ, "TANDEM_WEIGHTS": "int4", "TANDEM_PREFILL_WEIGHTS": "dense",
            "TANDEM_DTYPE": "bfloat16", "TANDEM_DATA_DIR": str(tmp_path), "TANDEM_INSECURE_WORKERS": "1"}
-    for argv in (["colocated"], ["up", "--colocated", "--port", "1"]):
+    for argv in (["colocated"], ["up", "--colocated", "--port", "1"], ["generate", "hi"]):
         done = subprocess.run([sys.executable, "-m", "tandem.cli", *argv], env=env, capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 2, done.stderr
-        assert "TANDEM_PREFILL_WEIGHTS=dense" in done.stderr and "colocated" in done.stderr
+        assert "TANDEM_PREFILL_WEIGHTS=dense" in done.stderr, done.stderr
+        assert "prefills and decodes with one set of weights" in done.stderr, done.stderr
     done = subprocess.run([sys.executable, "-m", "tandem.cli", "settings"], capture_output=True, text=True,
                           env={**env, "TANDEM_PREFILL_WEIGHTS": "int8"}, timeout=60)
     assert done.returncode == 2 and "TANDEM_PREFILL_WEIGHTS" in done.stderr
