@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 from typing import AsyncIterator
 
-from .backend import Backend, BackendUnavailable, GenerateParams, TokenChunk
+from .backend import Backend, BackendUnavailable, BackendWrapper, GenerateParams, TokenChunk
 
 RETRY_AFTER_S = 1   # what a refused client is told to wait: slots turn over within seconds
 
@@ -61,16 +61,12 @@ class Admission:
             self._slots.release()
 
 
-class AdmittedBackend:
+class AdmittedBackend(BackendWrapper):
     """``inner`` with every ``generate`` run inside an ``Admission`` slot."""
 
     def __init__(self, inner: Backend, admission: Admission):
-        self.inner = inner
+        super().__init__(inner)
         self.admission = admission
-
-    def __getattr__(self, name: str):
-        # model_name, max_model_len, chat_prompt, ready: read through, so the backend stays the owner
-        return getattr(self.inner, name)
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
         async with self.admission.slot():

@@ -90,3 +90,15 @@ class Backend(Protocol):
     async def ready(self) -> tuple[bool, str]:
         """(ready, reason): at least one live prefill and one live decode worker (or a colocated one)
         say SERVING on their gRPC health."""
+
+
+class BackendWrapper:
+    """A ``Backend`` around ``inner`` that changes ``generate`` only (admission, metering):
+    everything else (model_name, max_model_len, chat_prompt, ready) reads through, so the inner
+    backend stays their owner."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)

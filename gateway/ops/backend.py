@@ -12,20 +12,16 @@ from __future__ import annotations
 import time
 from typing import AsyncIterator
 
-from ..backend import Backend, GenerateParams, TokenChunk
+from ..backend import Backend, BackendWrapper, GenerateParams, TokenChunk
 from ..ratelimit import charge_tokens
 from ..usage import UsageMeter
 from .metrics import ARRIVAL, GatewayMetrics
 
 
-class MeteredBackend:
+class MeteredBackend(BackendWrapper):
     def __init__(self, inner: Backend, metrics: GatewayMetrics):
-        self.inner = inner
+        super().__init__(inner)
         self.metrics = metrics
-
-    def __getattr__(self, name: str):
-        # model_name, max_model_len, chat_prompt, ready: read through, so the backend stays the owner
-        return getattr(self.inner, name)
 
     def generate(self, params: GenerateParams) -> AsyncIterator[TokenChunk]:
         return self._metered(self.inner.generate(params), ARRIVAL.get() or time.perf_counter())
