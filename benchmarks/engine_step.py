@@ -16,6 +16,7 @@ machine; each configuration keeps its fastest of ``--repeats``. The machine's li
 and bandwidth) and ``uptime`` are printed before and after. Run from the repository root::
 
     python -m benchmarks.engine_step                                  # this tree only
+    python -m benchmarks.engine_step --dtypes int4 --batches 1 --top    # and the costliest ops
     git archive main | tar -x -C /tmp/base && python -m benchmarks.engine_step --baseline /tmp/base
 """
 
@@ -35,6 +36,7 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_we
               "quantized::linear_dynamic", "mkldnn::_linear_pointwise", "aten::mkldnn_linear")
 ATTN_OPS = ("scaled_dot_product", "aten::bmm", "aten::_softmax", "aten::baddbmm")
 GATHER_OPS = ("aten::index_select",)
+TOP_OPS = 8   # the costliest ops of a step (self time), printed with --top
 USER_PROMPTS = [
     "Write a short story about a robot who learns to paint.",
     "Explain why the sky is blue to a ten-year-old.",
@@ -84,6 +86,8 @@ def worker(dtype: str, batch: int, steps: int, threads: int) -> dict:
         name = ("matmul" if e.key in MATMUL_OPS else "attention" if any(a in e.key for a in ATTN_OPS)
                 else "kv_gather" if e.key in GATHER_OPS else "other")
         buckets[name] += us
+    top = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()
+                  if not e.key.startswith(("ProfilerStep", "## "))), key=lambda r: -r[1])[:TOP_OPS]
     while eng.has_unfinished():
         eng.step()
     # the matmuls alone: each weight once per layer on `batch` rows, plus the head
@@ -107,7 +111,8 @@ def worker(dtype: str, batch: int, steps: int, threads: int) -> dict:
     ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
     return {"dtype": dtype, "batch": batch, "step_ms": 1e3 * statistics.median(times),
             "tok_s": batch / statistics.median(times), "matmul_alone_ms": 1e3 * min(mm),
-            "ops_per_step": round(n_ops / steps), **{f"prof_{k}_ms": ms(v) for k, v in buckets.items()}}
+            "ops_per_step": round(n_ops / steps),
+            "top_ops": [{"op": k, "ms_per_step": round(ms, 3), "calls_per_step": round(n, 1)} for k, ms, n in top], **{f"prof_{k}_ms": ms(v) for k, v in buckets.items()}}
 
 
 def _layer_weights(layer) -> list:
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per engine (default 1, "
                     "as `tandem up` runs each worker)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--top", action="store_true", help=f"print the {TOP_OPS} costliest ops of each step (self time)")
     args = ap.parse_args(argv)
     trees = ([("baseline", args.baseline.resolve())] if args.baseline else []) + [("current", args.current.resolve())]
     print(f"# limits before: {limits()}", flush=True)
@@ -177,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"profiled: mm {r['prof_matmul_ms']:.1f} attn {r['prof_attention_ms']:.1f} "
                       f"gather {r['prof_kv_gather_ms']:.1f} other {r['prof_other_ms']:.1f} ms{ratio}",
                       flush=True)
+                if args.top:
+                    print("    top ops (ms/step, calls/step): " + ", ".join(
+                        f"{o['op']} {o['ms_per_step']:.2f} ({o['calls_per_step']:g})" for o in r.get("top_ops", [])),
+                        flush=True)
     print(f"# limits after: {limits()}", flush=True)
     ref_tree = "baseline" if args.baseline else "current"
     print(f"\n| tree | mode | batch | step ms | tok/s | × {ref_tree} float32 |\n|---|---|---:|---:|---:|---:|")
