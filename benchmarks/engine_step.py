@@ -112,7 +112,8 @@ def worker(dtype: str, batch: int, steps: int, threads: int) -> dict:
     return {"dtype": dtype, "batch": batch, "step_ms": 1e3 * statistics.median(times),
             "tok_s": batch / statistics.median(times), "matmul_alone_ms": 1e3 * min(mm),
             "ops_per_step": round(n_ops / steps),
-            "top_ops": [{"op": k, "ms_per_step": round(ms, 3), "calls_per_step": round(n, 1)} for k, ms, n in top], **{f"prof_{k}_ms": ms(v) for k, v in buckets.items()}}
+            "top_ops": [{"op": k, "ms_per_step": round(t, 3), "calls_per_step": round(n, 1)} for k, t, n in top],
+            **{f"prof_{k}_ms": ms(v) for k, v in buckets.items()}}
 
 
 def _layer_weights(layer) -> list:
