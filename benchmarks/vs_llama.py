@@ -101,7 +101,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.tandem_env = [_variant(v) for v in args.tandem_env]
     except ValueError as e:
         ap.error(f"--tandem-env {e}")
-    if args.tandem_env and not [s for s in args.splits.split(",") if s]:
+    args.splits = [split for split in args.splits.split(",") if split]
+    if args.tandem_env and not args.splits:
         ap.error("--tandem-env runs P/D with the first of --splits: give one")
     if args.quick:
         args.concurrency, args.requests_per_user = "1,8", 1
@@ -121,17 +122,16 @@ def make_plan(args: argparse.Namespace, threads: int) -> Plan:
                    "-np", str(max(concurrency)), "-c", str(ctx_per_slot * max(concurrency)),
                    "--host", "127.0.0.1", "--port", str(port), "--no-webui", *shlex.split(args.llama_args)]
             deps.append(Deployment(f"llama-server {_quant(gguf)}", f"http://127.0.0.1:{port}/v1", shlex.join(cmd)))
-    for split in filter(None, args.splits.split(",")):
+    for split in args.splits:
         port = free_port()
         deps.append(Deployment(f"tandem P/D {split}", f"http://127.0.0.1:{port}/v1",
                                shlex.join([*_tandem(), "up", "--port", str(port), "--split", split])))
-    first_split = next(filter(None, args.splits.split(",")), None)
     for name, env in args.tandem_env:
         port = free_port()
         settings = [f"{k}={v}" for k, v in env.items()]
-        deps.append(Deployment(f"tandem P/D {first_split} {name}", f"http://127.0.0.1:{port}/v1",
+        deps.append(Deployment(f"tandem P/D {args.splits[0]} {name}", f"http://127.0.0.1:{port}/v1",
                                shlex.join(["env", *settings, *_tandem(), "up", "--port", str(port),
-                                           "--split", first_split])))
+                                           "--split", args.splits[0]])))
     if not args.no_colocated:
         port = free_port()
         deps.append(Deployment("tandem colocated", f"http://127.0.0.1:{port}/v1",
