@@ -2,10 +2,12 @@
 
 Each deployment is started alone on a free port (``llama-server`` per GGUF given, ``tandem up`` P/D
 per CPU split asked for and per ``--tandem-env`` variant, ``tandem up --colocated``), waited for,
-and loaded by ``tandem bench`` at each concurrency (closed loop; random prompts of ``--input-len`` tokens, ``--output-len`` tokens
-out, greedy, ``ignore_eos``; the same seed, so every deployment gets the same requests), then
-stopped. The machine's limits (CPU flags, usable cores, matmul rate, memory bandwidth) are measured
-in the same run, before and after, and the load average is recorded around every deployment.
+and loaded by ``tandem bench`` at each concurrency (closed loop; random prompts of ``--input-len``
+tokens, ``--output-len`` tokens out, greedy, ``ignore_eos``; the same seed, so every deployment gets
+the same requests), then stopped. ``--rounds N`` does all of that N times, the order reversed every
+other round, and reports medians over rounds, each ratio the median of the ratios within a round.
+The machine's limits (CPU flags, usable cores, matmul rate, memory bandwidth) are measured in the
+same run, before and after, and the load average is recorded around every deployment.
 Nothing is built or downloaded: ``llama-server`` is a binary you built (docs/benchmarks.md §9 has
 the commands); without one only the Tandem rows run.
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +63,12 @@ class Plan:
     input_len: int
     output_len: int
     requests_per_user: int
+    rounds: int = 1
+
+    def order(self, rnd: int) -> tuple[Deployment, ...]:
+        """Round ``rnd``'s order: as planned in even rounds, reversed in odd ones, so a drift of the
+        machine over a run does not always favour the same deployment."""
+        return self.deployments if rnd % 2 == 0 else self.deployments[::-1]
 
     def num_requests(self, c: int) -> int:
         return c * self.requests_per_user
@@ -86,6 +95,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--requests-per-user", type=int, default=2,
                     help="measured requests = concurrency × this (after min(c, 4) warm-up requests)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every deployment this many times, alternating the order; the table gives "
+                         "medians over rounds and each ratio as the median of same-round ratios")
     ap.add_argument("--quick", action="store_true", help="one request per user, concurrency 1,8")
     ap.add_argument("--threads", type=int, default=0, help="llama-server threads (default: usable cpus)")
     ap.add_argument("--llama-args", default="", help="more llama-server arguments, e.g. --llama-args=--no-repack")
@@ -106,8 +118,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--tandem-env runs P/D with the first of --splits: give one")
     if args.quick:
         args.concurrency, args.requests_per_user = "1,8", 1
-    if min(args.input_len, args.output_len, args.requests_per_user) < 1:
-        ap.error("--input-len, --output-len and --requests-per-user must be >= 1")
+    if min(args.input_len, args.output_len, args.requests_per_user, args.rounds) < 1:
+        ap.error("--input-len, --output-len, --requests-per-user and --rounds must be >= 1")
     return args
 
 
@@ -136,7 +148,7 @@ def make_plan(args: argparse.Namespace, threads: int) -> Plan:
         port = free_port()
         deps.append(Deployment("tandem colocated", f"http://127.0.0.1:{port}/v1",
                                shlex.join([*_tandem(), "up", "--port", str(port), "--colocated"])))
-    return Plan(tuple(deps), concurrency, args.input_len, args.output_len, args.requests_per_user)
+    return Plan(tuple(deps), concurrency, args.input_len, args.output_len, args.requests_per_user, args.rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,16 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"machine": machine(cpus), "limits": [limits("start")], "plan": _plan_json(plan),
                "tandem_env": TANDEM_ENV, "runs": []}
     os.environ.update(TANDEM_ENV, TANDEM_DATA_DIR=tempfile.mkdtemp(prefix="vs-llama-"))  # for tandem up
-    for dep in plan.deployments:
-        run = {"deployment": dep.name, "command": dep.command, "load_before": os.getloadavg(), "points": {}}
-        with running(dep, args.ready_timeout, args.out / f"{_slug(dep.name)}.log"):
-            model = httpx.get(f"{dep.url}/models", timeout=10).json()["data"][0]["id"]
-            for c in plan.concurrency:
-                result = bench(dep, plan.bench_argv(model, c), args.out / f"{_slug(dep.name)}-c{c}")
-                run["points"][str(c)] = result.metrics.to_dict()
-        run["load_after"] = os.getloadavg()
-        summary["runs"].append(run)
-        _save(summary, args.out)
+    for rnd in range(plan.rounds):
+        for dep in plan.order(rnd):
+            run = {"deployment": dep.name, "round": rnd, "command": dep.command, "load_before": os.getloadavg(),
+                   "points": {}}
+            tag = _slug(dep.name) + (f"-r{rnd}" if plan.rounds > 1 else "")
+            with running(dep, args.ready_timeout, args.out / f"{tag}.log"):
+                model = httpx.get(f"{dep.url}/models", timeout=10).json()["data"][0]["id"]
+                for c in plan.concurrency:
+                    result = bench(dep, plan.bench_argv(model, c), args.out / f"{tag}-c{c}")
+                    run["points"][str(c)] = result.metrics.to_dict()
+            run["load_after"] = os.getloadavg()
+            summary["runs"].append(run)
+            _save(summary, args.out)
     summary["limits"].append(limits("end"))
     _save(summary, args.out)
     text = render(summary)
@@ -189,31 +204,49 @@ def limits(label: str) -> dict:
 
 
 def render(summary: dict) -> str:
-    """The Markdown record of a run: machine line, limits, and the table with ratios."""
+    """The Markdown record of a run: machine line, limits, and the table with ratios.
+
+    With several rounds a row gives the median over rounds of output tok/s and of the p50 TTFT and
+    TPOT, and its ratio is the median of the ratios taken within each round (each against the
+    baseline's run of that round), with the ratio of every round listed."""
     m, runs = summary["machine"], summary["runs"]
-    base = next((r for r in runs if r["deployment"].startswith("llama-server")), runs[0] if runs else None)
+    names = list(dict.fromkeys(r["deployment"] for r in runs))
+    base = next((n for n in names if n.startswith("llama-server")), names[0] if names else None)
+    rounds = sorted({r.get("round", 0) for r in runs})
+    by = {(r["deployment"], r.get("round", 0)): r for r in runs}
     lim = ", ".join(f"{x['label']}: fp32 {x['fp32_gflops']:.0f} / bf16 {x['bf16_gflops']:.0f} GFLOP/s, "
                     f"{x['bandwidth_gbps']:.0f} GB/s, load {x['load'][0]:.1f}" for x in summary["limits"])
     p = summary["plan"]
+    several = len(rounds) > 1
     lines = [f"Run of {m['date']} (commit {m.get('commit', '?')}): {m.get('Model name', '?')}, "
              f"{m['usable_cpus']} usable cpus (cgroup quota {m['cgroup_cpu_quota'] or 'none'}), "
              f"flags {' '.join(m['cpu_flags']) or 'none of interest'}; torch {m['torch']}.",
              f"Limits ({lim}). Load: {p['input_len']} prompt / {p['output_len']} output tokens, greedy, "
-             f"ignore_eos, {p['requests_per_user']} measured request(s) per user; tandem env "
-             f"{' '.join(f'{k}={v}' for k, v in summary.get('tandem_env', {}).items()) or '-'}.", "",
-             f"| concurrency | deployment | output tok/s | ÷ {base['deployment'] if base else '-'} | "
-             "TTFT p50 ms | TPOT p50 ms | failed | load avg before → after |",
-             "|---:|---|---:|---:|---:|---:|---:|---|"]
+             f"ignore_eos, {p['requests_per_user']} measured request(s) per user"
+             f"{f', {len(rounds)} rounds in alternating order (medians over rounds)' if several else ''}; "
+             f"tandem env {' '.join(f'{k}={v}' for k, v in summary.get('tandem_env', {}).items()) or '-'}.", "",
+             f"| concurrency | deployment | output tok/s | ÷ {base or '-'} |"
+             f"{' ÷ per round |' if several else ''} TTFT p50 ms | TPOT p50 ms | failed | load avg before → after |",
+             f"|---:|---|---:|---:|{'---|' if several else ''}---:|---:|---:|---|"]
     for c in p["concurrency"]:
-        for r in runs:
-            pt, ref = r["points"].get(str(c)), (base["points"].get(str(c)) if base else None)
-            if pt is None:
+        for name in names:
+            pts = [(rnd, by[name, rnd]["points"].get(str(c))) for rnd in rounds if (name, rnd) in by]
+            pts = [(rnd, pt) for rnd, pt in pts if pt is not None]
+            if not pts:
                 continue
-            ratio = pt["output_throughput"] / ref["output_throughput"] if ref and ref["output_throughput"] else None
-            lines.append(f"| {c} | {r['deployment']} | {pt['output_throughput']:.1f} | "
-                         f"{'-' if ratio is None else f'{ratio:.2f}×'} | {_ms(pt['ttft_ms'])} | "
-                         f"{_ms(pt['tpot_ms'])} | {pt['failed']} | "
-                         f"{r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
+            ratios = []
+            for rnd, pt in pts:
+                ref = by.get((base, rnd), {}).get("points", {}).get(str(c))
+                if ref and ref["output_throughput"]:
+                    ratios.append(pt["output_throughput"] / ref["output_throughput"])
+            ratio = f"{statistics.median(ratios):.2f}×" if ratios else "-"
+            per_round = f" {' / '.join(f'{x:.2f}' for x in ratios) or '-'} |" if several else ""
+            loads = [by[name, rnd] for rnd, _ in pts]
+            load = ", ".join(f"{r['load_before'][0]:.1f} → {r['load_after'][0]:.1f}" for r in loads)
+            lines.append(f"| {c} | {name} | {statistics.median(pt['output_throughput'] for _, pt in pts):.1f} | "
+                         f"{ratio} |{per_round} {_ms_median(pt['ttft_ms'] for _, pt in pts)} | "
+                         f"{_ms_median(pt['tpot_ms'] for _, pt in pts)} | {sum(pt['failed'] for _, pt in pts)} | "
+                         f"{load} |")
     return "\n".join(lines)
 
 
@@ -236,8 +269,10 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), env
 
 
-def _ms(stats: dict | None) -> str:
-    return "-" if not stats else f"{stats['median']:.0f}"
+def _ms_median(stats) -> str:
+    """The median over rounds of each round's p50 (``-`` when no round has one)."""
+    values = [s["median"] for s in stats if s]
+    return f"{statistics.median(values):.0f}" if values else "-"
 
 
 def _quant(gguf: Path) -> str:

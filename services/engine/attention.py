@@ -10,6 +10,7 @@ sequence is already in the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,11 @@ class AttentionMetadata:
     decode_groups: tuple[DecodeGroup, ...]   # cover the first tokens of the step, in order
     prefills: tuple[PrefillSpan, ...]
 
+    @property
+    def only_decode_group(self) -> DecodeGroup | None:
+        """The step's one decode group when it has nothing else (the common decode step), else None."""
+        return self.decode_groups[0] if len(self.decode_groups) == 1 and not self.prefills else None
+
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
@@ -56,6 +62,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """``q: [T, H, D]``, ``k, v: [T, KVH, D]``; writes k, v into the cache; returns ``[T, H, D]``."""
     k_cache.index_copy_(0, meta.slot_mapping, k)
     v_cache.index_copy_(0, meta.slot_mapping, v)
+    if (g := meta.only_decode_group) is not None:      # the common decode step: no copy out
+        return decode_attention(q, k_cache, v_cache, g.blocks, g.mask, meta.block_size, scale)
     out = torch.empty_like(q)
     for g in meta.decode_groups:
         out[g.start:g.end] = decode_group(q[g.start:g.end], k_cache, v_cache, g, meta.block_size, scale)
@@ -81,20 +89,27 @@ def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) ->
     gathering slot by slot in 16× fewer, larger pieces.
     """
     n, nb = blocks.shape
-    by_block = cache.view(-1, block_size, *cache.shape[1:])
-    return by_block.index_select(0, blocks.reshape(-1)).view(n, nb * block_size, *cache.shape[1:])
+    by_block = cache.view([-1, block_size] + list(cache.shape[1:]))
+    return by_block.index_select(0, blocks.reshape(-1)).view([n, nb * block_size] + list(cache.shape[1:]))
 
 
-def decode_group(q, k_cache, v_cache, group: DecodeGroup, block_size: int, scale: float) -> torch.Tensor:
-    """Attention of one decode group's queries ``q: [n, H, D]`` over their cached contexts."""
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, blocks: torch.Tensor,
+                     mask: Optional[torch.Tensor], block_size: int, scale: float) -> torch.Tensor:
+    """Attention of decode queries ``q: [n, H, D]`` over the cached contexts in ``blocks: [n, blocks]``
+    (``mask`` as in ``DecodeGroup``). TorchScript-compatible: the scripted decode step runs it too."""
     # Grouped-query trick: the G query heads sharing a KV head act as G query rows against it.
     d, h, hd = q.shape
     kvh = k_cache.shape[1]
     qg = q.view(d, kvh, h // kvh, hd)
-    keys = gather_blocks(k_cache, group.blocks, block_size).transpose(1, 2)      # [D, KVH, ctx, hd]
-    values = gather_blocks(v_cache, group.blocks, block_size).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=group.mask, scale=scale)
+    keys = gather_blocks(k_cache, blocks, block_size).transpose(1, 2)      # [D, KVH, ctx, hd]
+    values = gather_blocks(v_cache, blocks, block_size).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(d, h, hd)
+
+
+def decode_group(q, k_cache, v_cache, group: DecodeGroup, block_size: int, scale: float) -> torch.Tensor:
+    """Attention of one decode group's queries ``q: [n, H, D]`` over their cached contexts."""
+    return decode_attention(q, k_cache, v_cache, group.blocks, group.mask, block_size, scale)
 
 
 def _prefill(q, k, v, k_cache, v_cache, span: PrefillSpan, scale: float) -> torch.Tensor:

@@ -78,7 +78,9 @@ class EngineConfig:
     full KV blocks of finished requests findable by their tokens (``prefix_cache.py``).
     ``weights`` is ``"dense"`` (weights in ``dtype``) or ``"int4"`` (linear layers in 4-bit groups,
     ``quant.py``; computes in bfloat16, CPU only). Whether the CPU runs them natively is checked
-    when the engine starts (``cpu.py``).
+    when the engine starts (``cpu.py``). ``script_decode`` runs decode-only steps through the
+    TorchScript ``model.decode_layers`` (CPU; same results, less per-op overhead); off, every step
+    runs the layers eagerly.
     """
 
     model: str = ""
@@ -92,6 +94,7 @@ class EngineConfig:
     num_threads: int = 0
     enable_prefix_caching: bool = True
     weights: str = "dense"
+    script_decode: bool = True
     test_fail_step: bool = False   # test hook: every step that runs the model raises after scheduling
 
     def __post_init__(self):

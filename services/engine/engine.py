@@ -62,7 +62,8 @@ class LLMEngine:
         self.max_model_len = min(config.max_model_len or mc.max_position_embeddings,
                                  mc.max_position_embeddings)
         self.tokenizer = Tokenizer(self.model_dir)
-        self.model = LlamaForCausalLM(mc, config.torch_dtype, self.max_model_len).to(self.device)
+        self.model = LlamaForCausalLM(mc, config.torch_dtype, self.max_model_len,
+                                      script_decode=config.script_decode).to(self.device)
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         if config.weights == "int4":
             self.model.quantize()

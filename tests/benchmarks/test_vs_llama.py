@@ -68,6 +68,7 @@ def test_the_bench_load_is_greedy_ignore_eos_closed_loop():
     (["--gguf", "x.gguf"], "give --llama-server too"),
     (["--llama-server", "/nonexistent/llama-server"], "not an executable file"),
     (["--output-len", "0"], "must be >= 1"),
+    (["--rounds", "0"], "must be >= 1"),
     (["--tandem-env", "int4"], "expected NAME:VAR=V"),
     (["--tandem-env", "x:PATH=/tmp"], "only TANDEM_* settings"),
     (["--tandem-env", "x:TANDEM_WEIGHTS=int4", "--splits", ""], "give one"),
@@ -111,3 +112,22 @@ def test_the_table_replaces_only_its_own_section():
     new = replace_section(doc, "new table")
     assert new == f"# Benchmarks\n\nintro\n\n{BEGIN}\nnew table\n{END}\n\n## 9. next\n"
     assert replace_section("# B\n", "t").endswith(f"{BEGIN}\nt\n{END}\n")
+
+
+def test_rounds_alternate_the_order_and_a_ratio_is_the_median_of_same_round_ratios():
+    plan = make_plan(parse_args(["--splits", "auto,1:1", "--rounds", "3"]), threads=2)
+    assert plan.rounds == 3
+    assert [d.name for d in plan.order(1)] == [d.name for d in plan.order(0)][::-1]
+    assert plan.order(2) == plan.order(0)
+    s = summary()
+    s["plan"]["concurrency"] = [1]
+    llama = [40.0, 20.0, 40.0]          # the machine slowed down in round 1, for both
+    tandem = [38.0, 21.0, 44.0]         # same-round ratios 0.95, 1.05, 1.10
+    s["runs"] = [{"deployment": name, "round": rnd, "load_before": (1.0, 0, 0), "load_after": (2.0, 0, 0),
+                  "points": {"1": point(tok[rnd], 100 + rnd, 20 + rnd)}}
+                 for rnd in range(3) for name, tok in (("llama-server Q4_1", llama), ("tandem P/D auto", tandem))]
+    text = render(s)
+    assert "3 rounds in alternating order" in text and "÷ per round" in text
+    # median tok/s 38.0, median of the same-round ratios 1.05 (not 38.0 / 40.0 = 0.95)
+    assert "| 1 | tandem P/D auto | 38.0 | 1.05× | 0.95 / 1.05 / 1.10 | 101 | 21 | 0 |" in text
+    assert "| 1 | llama-server Q4_1 | 40.0 | 1.00× | 1.00 / 1.00 / 1.00 |" in text
