@@ -37,8 +37,9 @@ class DecodeGroup:
     start: int
     end: int
     blocks: torch.Tensor                # [n, blocks] KV blocks each query reads, in order (padded)
-    mask: torch.Tensor | None           # [n, 1, 1, blocks * block_size] True where the slot is real;
-                                        # None when every slot is real
+    mask: torch.Tensor | None           # [n, 1, 1, blocks * block_size] added to the scores: 0 where the
+                                        # slot is real, -inf past the context (a boolean mask, True where
+                                        # real, works too); None when every slot is real
 
 
 @dataclass(frozen=True)

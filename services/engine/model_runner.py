@@ -78,5 +78,9 @@ class ModelRunner:
         mask = None
         if any(c != n_blocks * bs for c in ctx):
             pos = torch.arange(n_blocks * bs)
-            mask = (pos[None, :] < torch.tensor(ctx)[:, None])[:, None, None, :].to(self.device)
+            past = (pos[None, :] >= torch.tensor(ctx)[:, None])[:, None, None, :]
+            # additive, in the cache's dtype: what SDPA would turn a boolean mask into in every
+            # layer (same values, so the same results), built once per step
+            mask = torch.zeros(past.shape, dtype=self.cache.kv.dtype).masked_fill_(past, float("-inf"))
+            mask = mask.to(self.device)
         return DecodeGroup(start, start + len(decode), blocks.to(self.device), mask)

@@ -71,6 +71,17 @@ def test_a_decode_group_with_padded_contexts_matches_the_reference():
         torch.testing.assert_close(out[row], reference(q[row], k, v, slots_of(table, n)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_additive_mask_gives_the_same_bits_as_the_boolean_one(dtype):
+    """The runner builds the additive mask SDPA would make of a boolean one; nothing may change."""
+    k, v = (t.to(dtype) for t in cache(8))
+    q, group = decode_case([[3, 6, 1], [5, 2], [7]], [11, 6, 3])
+    additive = torch.zeros(group.mask.shape, dtype=dtype).masked_fill_(~group.mask, float("-inf"))
+    q = q.to(dtype)
+    assert torch.equal(decode_group(q, k, v, group, BLOCK, SCALE),
+                       decode_group(q, k, v, DecodeGroup(0, 3, group.blocks, additive), BLOCK, SCALE))
+
+
 def test_a_decode_group_without_a_mask_reads_every_slot_of_its_blocks():
     k, v = cache(4)
     q, group = decode_case([[2, 0], [1, 3]], [8, 8])
