@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class Rotary(nn.Module):
     """Rotary embedding in the Hugging Face split-halves layout.
 
     ``cos`` and ``sin`` are cached per position with the sign of the rotated half folded into
-    ``sin``; ``tables`` looks a step's positions up once for all layers, and ``apply`` rotates the
+    ``sin``; ``tables`` looks a step's positions up once for all layers, and ``rotate`` turns the
     query and key heads of a layer in one pass.
     """
 
@@ -58,46 +58,68 @@ class Rotary(nn.Module):
         """``cos, sin: [T, 1, head_dim]`` for a step's positions."""
         return self.cos.index_select(0, positions)[:, None], self.sin.index_select(0, positions)[:, None]
 
-    @staticmethod
-    def apply(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return rotate(x, *tables)
-
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
+def linear_args(w: torch.Tensor | Int4Weight) -> tuple[torch.Tensor, Optional[torch.Tensor], int]:
+    """A layer's linear as ``_linear``'s arguments: a dense weight, or an ``Int4Weight``'s packed
+    codes with its scales and group size."""
+    if isinstance(w, Int4Weight):
+        return w.packed, w.scale_zeros, w.group
+    return w, None, 0
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, scale_zeros: Optional[torch.Tensor], group: int) -> torch.Tensor:
-    """``quant.linear`` for what the scripted step supports: a dense weight (``scale_zeros`` None)
-    or an ``Int4Weight``'s packed codes."""
+    """``x @ w.T`` for a dense ``w`` (``scale_zeros`` None) or int4 packed codes (``linear_args``)."""
     if scale_zeros is None:
         return F.linear(x, w)
     return torch._weight_int4pack_mm_for_cpu(x.contiguous(), w, group, scale_zeros)
 
 
+def attention_inputs(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, scale_zeros: Optional[torch.Tensor],
+                     group: int, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
+                     num_kv_heads: int, head_dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's first half: RMSNorm, the fused QKV projection and rotary; ``q, k, v`` by heads."""
+    t = x.shape[0]
+    kv_size = num_kv_heads * head_dim
+    qk, v = _linear(rms_norm(x, norm, eps), w, scale_zeros, group).split(
+        [num_heads * head_dim + kv_size, kv_size], dim=-1)
+    qk = rotate(qk.view(t, num_heads + num_kv_heads, head_dim), cos, sin)    # Q and K heads in one pass
+    q, k = qk.split([num_heads, num_kv_heads], dim=1)
+    return q, k, v.view(t, num_kv_heads, head_dim)
+
+
+def layer_output(x: torch.Tensor, attn: torch.Tensor, o: torch.Tensor, o_sz: Optional[torch.Tensor], o_group: int,
+                 norm: torch.Tensor, gate_up: torch.Tensor, gate_up_sz: Optional[torch.Tensor], gate_up_group: int,
+                 down: torch.Tensor, down_sz: Optional[torch.Tensor], down_group: int, eps: float) -> torch.Tensor:
+    """A layer's second half: output projection and residual, RMSNorm, SwiGLU and residual."""
+    x = x + _linear(attn.reshape(x.shape[0], -1), o, o_sz, o_group)
+    gate, up = _linear(rms_norm(x, norm, eps), gate_up, gate_up_sz, gate_up_group).chunk(2, dim=-1)
+    return x + _linear(F.silu(gate) * up, down, down_sz, down_group)
+
+
 def decode_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor,
                   slots: torch.Tensor, blocks: torch.Tensor, mask: Optional[torch.Tensor],
                   norms: List[torch.Tensor], weights: List[torch.Tensor],
-                  scale_zeros: List[Optional[torch.Tensor]], group: int, eps: float, num_heads: int,
+                  scale_zeros: List[Optional[torch.Tensor]], groups: List[int], eps: float, num_heads: int,
                   num_kv_heads: int, head_dim: int, block_size: int, scale: float) -> torch.Tensor:
     """Every layer's ``DecoderLayer.forward`` for a step of decode tokens in one attention group:
     ``x: [T, hidden]``, ``kv`` the whole ``KVCache.kv``; per layer ``norms`` holds the two norm
-    weights and ``weights``/``scale_zeros`` the four linears (``LINEARS`` order). Scripted."""
-    t = x.shape[0]
-    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    weights and ``weights``/``scale_zeros``/``groups`` the four linears (``LINEARS`` order,
+    ``linear_args``). Scripted."""
     for i in range(kv.shape[0]):
+        j = 4 * i
         k_cache, v_cache = kv[i, 0], kv[i, 1]
-        h = rms_norm(x, norms[2 * i], eps)
-        qk, v = _linear(h, weights[4 * i], scale_zeros[4 * i], group).split([q_size + kv_size, kv_size], dim=-1)
-        qk = rotate(qk.view(t, num_heads + num_kv_heads, head_dim), cos, sin)
-        q, k = qk.split([num_heads, num_kv_heads], dim=1)
+        q, k, v = attention_inputs(x, norms[2 * i], weights[j], scale_zeros[j], groups[j], eps, cos, sin,
+                                   num_heads, num_kv_heads, head_dim)
         k_cache.index_copy_(0, slots, k)
-        v_cache.index_copy_(0, slots, v.view(t, num_kv_heads, head_dim))
+        v_cache.index_copy_(0, slots, v)
         attn = decode_attention(q, k_cache, v_cache, blocks, mask, block_size, scale)
-        x = x + _linear(attn.reshape(t, q_size), weights[4 * i + 1], scale_zeros[4 * i + 1], group)
-        h = rms_norm(x, norms[2 * i + 1], eps)
-        gate, up = _linear(h, weights[4 * i + 2], scale_zeros[4 * i + 2], group).chunk(2, dim=-1)
-        x = x + _linear(F.silu(gate) * up, weights[4 * i + 3], scale_zeros[4 * i + 3], group)
+        x = layer_output(x, attn, weights[j + 1], scale_zeros[j + 1], groups[j + 1], norms[2 * i + 1],
+                         weights[j + 2], scale_zeros[j + 2], groups[j + 2],
+                         weights[j + 3], scale_zeros[j + 3], groups[j + 3], eps)
     return x
 
 
@@ -138,16 +160,11 @@ class DecoderLayer(nn.Module):
     def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], kv: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
         c = self.config
-        h = rms_norm(x, self.input_norm, c.rms_norm_eps)
-        qk, v = linear(h, self.qkv).split([c.q_size + c.kv_size, c.kv_size], dim=-1)
-        t = x.shape[0]
-        qk = Rotary.apply(qk.view(t, c.num_heads + c.num_kv_heads, c.head_dim), rope)   # Q and K heads
-        q, k = qk.split([c.num_heads, c.num_kv_heads], dim=1)
-        attn = paged_attention(q, k, v.view(t, c.num_kv_heads, c.head_dim), *kv, meta, self.scale)
-        x = x + linear(attn.reshape(t, c.q_size), self.o)
-        h = rms_norm(x, self.post_attn_norm, c.rms_norm_eps)
-        gate, up = linear(h, self.gate_up).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, self.down)
+        qkv, o, gate_up, down = (linear_args(getattr(self, name)) for name in LINEARS)
+        q, k, v = attention_inputs(x, self.input_norm, *qkv, c.rms_norm_eps, *rope, c.num_heads, c.num_kv_heads,
+                                   c.head_dim)
+        attn = paged_attention(q, k, v, *kv, meta, self.scale)
+        return layer_output(x, attn, *o, self.post_attn_norm, *gate_up, *down, c.rms_norm_eps)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -173,9 +190,8 @@ class LlamaForCausalLM(nn.Module):
         scripted = self._scripted(cache) if group is not None else None
         if scripted is not None:
             c = self.config
-            norms, weights, scale_zeros, int4_group = self._decode_args
-            x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, group.blocks, group.mask, norms,
-                         weights, scale_zeros, int4_group, c.rms_norm_eps, c.num_heads, c.num_kv_heads,
+            x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, group.blocks, group.mask,
+                         *self._decode_args, c.rms_norm_eps, c.num_heads, c.num_kv_heads,
                          c.head_dim, meta.block_size, self.layers[0].scale)
         else:
             for i, layer in enumerate(self.layers):
@@ -183,29 +199,13 @@ class LlamaForCausalLM(nn.Module):
         return rms_norm(x, self.norm, self.config.rms_norm_eps)
 
     def _scripted(self, cache: KVCache):
-        """The scripted decode step, when this model can take it (CPU; dense or int4 linears)."""
+        """The scripted decode step, when this model can take it (CPU)."""
         if not self.script_decode or cache.kv.device.type != "cpu":
             return None
         if self._decode_args is None:
-            weights, scale_zeros, groups = [], [], set()
-            for layer in self.layers:
-                for name in LINEARS:
-                    w = getattr(layer, name)
-                    if isinstance(w, Int4Weight):
-                        weights.append(w.packed)
-                        scale_zeros.append(w.scale_zeros)
-                        groups.add(w.group)
-                    elif isinstance(w, torch.Tensor):
-                        weights.append(w)
-                        scale_zeros.append(None)
-                    else:
-                        self.script_decode = False
-                        return None
+            args = [linear_args(getattr(layer, name)) for layer in self.layers for name in LINEARS]
             norms = [t for layer in self.layers for t in (layer.input_norm, layer.post_attn_norm)]
-            self._decode_args = (norms, weights, scale_zeros, max(groups, default=0))
-            if len(groups) > 1:
-                self.script_decode = False
-                return None
+            self._decode_args = (norms, *(list(a) for a in zip(*args)))
         return scripted_decode_layers()
 
     @torch.inference_mode()
