@@ -7,7 +7,8 @@
 - **Perplexity** of a fixed text (``benchmarks/data/gettysburg.txt``, public domain, ~330 tokens)
   in one teacher-forced prefill, and its difference from fp32.
 
-Modes: ``float32`` (the reference), ``bfloat16``, ``int4`` (bf16 activations, 4-bit weights).
+Modes: ``float32`` (the reference), ``bfloat16``, ``int4`` (bf16 activations, 4-bit weights),
+``int4-fused`` (``int4`` with ``rms_norm="fused"``).
 A mode whose dtype is not native on this CPU is reported as skipped. Bounds on these numbers are
 kept in ``tests/services/engine/test_quality.py``::
 
@@ -45,7 +46,8 @@ PROMPTS = [   # examples/ and tests/services/engine/test_engine.py
     "Who wrote Romeo and Juliet?", "What is the opposite of cold?", "Describe a cat in five words.",
 ]
 MODES = {"float32": {"dtype": "float32"}, "bfloat16": {"dtype": "bfloat16"},
-         "int4": {"dtype": "bfloat16", "weights": "int4"}}
+         "int4": {"dtype": "bfloat16", "weights": "int4"},
+         "int4-fused": {"dtype": "bfloat16", "weights": "int4", "rms_norm": "fused"}}
 
 
 def load(mode: str, cache_dir: Path) -> LLMEngine:
@@ -83,7 +85,7 @@ def text_ids(eng: LLMEngine) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modes", default="bfloat16,int4")
+    ap.add_argument("--modes", default="bfloat16,int4,int4-fused")
     ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args(argv)
     from tandem.settings import Settings

@@ -52,8 +52,9 @@ def _main(argv: list[str] | None) -> int:
     up.add_argument("--no-pin", action="store_true",
                     help="do not pin workers to cores (their thread counts still follow the split)")
     up.add_argument("--split", default=None,
-                    help="prefill:decode torch threads, e.g. 1:2 (1:2x1: two 1-thread decode workers), or auto (default: TANDEM_SPLIT, "
-                         "else auto: sized from the machine; docs/architecture.md \"CPU split\")")
+                    help="prefill:decode torch threads, e.g. 1:2 (1:2x1: two 1-thread decode workers), or auto "
+                         "(default: TANDEM_SPLIT, else auto: sized from the machine; docs/architecture.md "
+                         "\"CPU split\")")
     up.add_argument("--colocated", action="store_true",
                     help="one worker doing both prefill and decode on all cores (the baseline)")
     _add_engine_args(up)
@@ -88,7 +89,8 @@ def _main(argv: list[str] | None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{args.command}] %(name)s: %(message)s")
-    return {"generate": generate, "settings": lambda _: print(table()) or 0, "up": up_command, "ray": ray_command, "gateway": gateway_command, "bench": bench_command,
+    return {"generate": generate, "settings": lambda _: print(table()) or 0, "up": up_command, "ray": ray_command,
+            "gateway": gateway_command, "bench": bench_command,
             "prefill": worker_command, "decode": worker_command, "colocated": worker_command}[args.command](args)
 
 
@@ -119,7 +121,7 @@ def engine_config(args: argparse.Namespace):
 
     s = Settings.from_env()
     return EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
-                        weights=role_weights(s, getattr(args, "command", "")),
+                        weights=role_weights(s, getattr(args, "command", "")), rms_norm=s.rms_norm,
                         kv_cache_bytes=s.kv_cache_bytes, num_threads=s.num_threads,
                         enable_prefix_caching=s.prefix_caching,
                         max_num_seqs=getattr(args, "max_num_seqs", 64),
@@ -237,7 +239,8 @@ def worker_command(args: argparse.Namespace) -> int:
               "gRPC to anyone who can reach it", file=sys.stderr)
         return 2
     if not s.worker_secret:
-        logging.getLogger(__name__).warning("TANDEM_INSECURE_WORKERS: this worker answers gRPC from anyone who can reach it")
+        logging.getLogger(__name__).warning("TANDEM_INSECURE_WORKERS: this worker answers gRPC from anyone who "
+                                            "can reach it")
     try:
         engine = engine_config(args)
     except ValueError as e:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "", description="a prefill worker's linear-layer weights (empty: TANDEM_WEIGHTS); dense with "
                         "TANDEM_WEIGHTS=int4 prefills in dense bf16 (faster on many rows) and decodes in "
                         "int4 (faster on few rows); P/D only (a colocated worker refuses a different one)")
+    rms_norm: Literal["reference", "fused"] = Field(
+        "reference", description="RMSNorm kernels: reference (Hugging Face's op sequence; the batch-"
+                                 "invariance tests pin it) or fused (one layer-norm kernel: a one-row int4 "
+                                 "decode step ~1.06x faster; different last bits, with which int4 loses its "
+                                 "token-level batch invariance; docs/engine.md \"RMSNorm\")")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default; "

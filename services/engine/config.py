@@ -80,7 +80,9 @@ class EngineConfig:
     ``quant.py``; computes in bfloat16, CPU only). Whether the CPU runs them natively is checked
     when the engine starts (``cpu.py``). ``script_decode`` runs decode-only steps through the
     TorchScript ``model.decode_layers`` (CPU; same results, less per-op overhead); off, every step
-    runs the layers eagerly.
+    runs the layers eagerly. ``rms_norm`` is ``"reference"`` (Hugging Face's op sequence, the one
+    the batch-invariance tests pin) or ``"fused"`` (one layer-norm kernel; faster at small batches,
+    different last bits: ``model.rms_norm``).
     """
 
     model: str = ""
@@ -95,6 +97,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     weights: str = "dense"
     script_decode: bool = True
+    rms_norm: str = "reference"
     test_fail_step: bool = False   # test hook: every step that runs the model raises after scheduling
 
     def __post_init__(self):
@@ -104,6 +107,8 @@ class EngineConfig:
             raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {self.weights!r}")
         if self.weights == "int4" and (self.dtype not in ("bfloat16", "bf16") or self.device != "cpu"):
             raise ValueError("weights=int4 computes in bfloat16 on the CPU: set dtype=bfloat16, device=cpu")
+        if self.rms_norm not in ("reference", "fused"):
+            raise ValueError(f"rms_norm must be 'reference' or 'fused', got {self.rms_norm!r}")
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

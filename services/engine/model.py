@@ -30,7 +30,17 @@ LINEARS = ("qkv", "o", "gate_up", "down")
 log = logging.getLogger(__name__)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fused: bool = False) -> torch.Tensor:
+    """``weight · x / sqrt(mean(x²) + eps)`` over the last dim, in fp32, rounded to ``x``'s dtype
+    before the weight is applied (as Hugging Face's Llama does).
+
+    ``fused`` False (``EngineConfig.rms_norm="reference"``): Hugging Face's sequence of small ops.
+    ``fused`` True: one ``layer_norm`` kernel over ``[x, -x]``, whose mean is 0, so its variance is
+    ``mean(x²)`` and its first half is the RMSNorm — 4 kernels instead of 7–9 (a one-row decode
+    step runs 61 norms), the same maths with different last bits (docs/engine.md, "RMSNorm")."""
+    if fused:
+        n = x.shape[-1]
+        return weight * F.layer_norm(torch.cat([x, -x], -1), [2 * n], None, None, eps).narrow(-1, 0, n)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
@@ -80,11 +90,12 @@ def _linear(x: torch.Tensor, w: torch.Tensor, scale_zeros: Optional[torch.Tensor
 
 def attention_inputs(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, scale_zeros: Optional[torch.Tensor],
                      group: int, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
-                     num_kv_heads: int, head_dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     num_kv_heads: int, head_dim: int,
+                     fused_norm: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A layer's first half: RMSNorm, the fused QKV projection and rotary; ``q, k, v`` by heads."""
     t = x.shape[0]
     kv_size = num_kv_heads * head_dim
-    qk, v = _linear(rms_norm(x, norm, eps), w, scale_zeros, group).split(
+    qk, v = _linear(rms_norm(x, norm, eps, fused_norm), w, scale_zeros, group).split(
         [num_heads * head_dim + kv_size, kv_size], dim=-1)
     qk = rotate(qk.view(t, num_heads + num_kv_heads, head_dim), cos, sin)    # Q and K heads in one pass
     q, k = qk.split([num_heads, num_kv_heads], dim=1)
@@ -93,10 +104,11 @@ def attention_inputs(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, scale
 
 def layer_output(x: torch.Tensor, attn: torch.Tensor, o: torch.Tensor, o_sz: Optional[torch.Tensor], o_group: int,
                  norm: torch.Tensor, gate_up: torch.Tensor, gate_up_sz: Optional[torch.Tensor], gate_up_group: int,
-                 down: torch.Tensor, down_sz: Optional[torch.Tensor], down_group: int, eps: float) -> torch.Tensor:
+                 down: torch.Tensor, down_sz: Optional[torch.Tensor], down_group: int, eps: float,
+                 fused_norm: bool) -> torch.Tensor:
     """A layer's second half: output projection and residual, RMSNorm, SwiGLU and residual."""
     x = x + _linear(attn.reshape(x.shape[0], -1), o, o_sz, o_group)
-    gate, up = _linear(rms_norm(x, norm, eps), gate_up, gate_up_sz, gate_up_group).chunk(2, dim=-1)
+    gate, up = _linear(rms_norm(x, norm, eps, fused_norm), gate_up, gate_up_sz, gate_up_group).chunk(2, dim=-1)
     return x + _linear(F.silu(gate) * up, down, down_sz, down_group)
 
 
@@ -104,7 +116,8 @@ def decode_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: tor
                   slots: torch.Tensor, blocks: torch.Tensor, mask: Optional[torch.Tensor],
                   norms: List[torch.Tensor], weights: List[torch.Tensor],
                   scale_zeros: List[Optional[torch.Tensor]], groups: List[int], eps: float, num_heads: int,
-                  num_kv_heads: int, head_dim: int, block_size: int, scale: float) -> torch.Tensor:
+                  num_kv_heads: int, head_dim: int, block_size: int, scale: float,
+                  fused_norm: bool) -> torch.Tensor:
     """Every layer's ``DecoderLayer.forward`` for a step of decode tokens in one attention group:
     ``x: [T, hidden]``, ``kv`` the whole ``KVCache.kv``; per layer ``norms`` holds the two norm
     weights and ``weights``/``scale_zeros``/``groups`` the four linears (``LINEARS`` order,
@@ -113,13 +126,13 @@ def decode_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: tor
         j = 4 * i
         k_cache, v_cache = kv[i, 0], kv[i, 1]
         q, k, v = attention_inputs(x, norms[2 * i], weights[j], scale_zeros[j], groups[j], eps, cos, sin,
-                                   num_heads, num_kv_heads, head_dim)
+                                   num_heads, num_kv_heads, head_dim, fused_norm)
         k_cache.index_copy_(0, slots, k)
         v_cache.index_copy_(0, slots, v)
         attn = decode_attention(q, k_cache, v_cache, blocks, mask, block_size, scale)
         x = layer_output(x, attn, weights[j + 1], scale_zeros[j + 1], groups[j + 1], norms[2 * i + 1],
                          weights[j + 2], scale_zeros[j + 2], groups[j + 2],
-                         weights[j + 3], scale_zeros[j + 3], groups[j + 3], eps)
+                         weights[j + 3], scale_zeros[j + 3], groups[j + 3], eps, fused_norm)
     return x
 
 
@@ -144,9 +157,10 @@ def scripted_decode_layers():
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, fused_norm: bool = False):
         super().__init__()
         c = config
+        self.fused_norm = fused_norm
         e = lambda *shape: nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)  # noqa: E731
         self.input_norm = e(c.hidden_size)
         self.post_attn_norm = e(c.hidden_size)
@@ -162,20 +176,22 @@ class DecoderLayer(nn.Module):
         c = self.config
         qkv, o, gate_up, down = (linear_args(getattr(self, name)) for name in LINEARS)
         q, k, v = attention_inputs(x, self.input_norm, *qkv, c.rms_norm_eps, *rope, c.num_heads, c.num_kv_heads,
-                                   c.head_dim)
+                                   c.head_dim, self.fused_norm)
         attn = paged_attention(q, k, v, *kv, meta, self.scale)
-        return layer_output(x, attn, *o, self.post_attn_norm, *gate_up, *down, c.rms_norm_eps)
+        return layer_output(x, attn, *o, self.post_attn_norm, *gate_up, *down, c.rms_norm_eps, self.fused_norm)
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, max_positions: int, script_decode: bool = True):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, max_positions: int, script_decode: bool = True,
+                 fused_norm: bool = False):
         super().__init__()
         self.config = config
+        self.fused_norm = fused_norm   # ``rms_norm(fused=)`` for every norm, eager and scripted alike
         self.script_decode = script_decode   # run decode-only steps through ``decode_layers`` (CPU)
         self._decode_args: tuple | None = None
         self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype),
                                   requires_grad=False)
-        self.layers = nn.ModuleList(DecoderLayer(config, dtype) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, dtype, fused_norm) for _ in range(config.num_layers))
         self.norm = nn.Parameter(torch.empty(config.hidden_size, dtype=dtype), requires_grad=False)
         self.lm_head = self.embed if config.tie_word_embeddings else nn.Parameter(
             torch.empty(config.vocab_size, config.hidden_size, dtype=dtype), requires_grad=False)
@@ -192,11 +208,11 @@ class LlamaForCausalLM(nn.Module):
             c = self.config
             x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, group.blocks, group.mask,
                          *self._decode_args, c.rms_norm_eps, c.num_heads, c.num_kv_heads,
-                         c.head_dim, meta.block_size, self.layers[0].scale)
+                         c.head_dim, meta.block_size, self.layers[0].scale, self.fused_norm)
         else:
             for i, layer in enumerate(self.layers):
                 x = layer(x, rope, cache.layer(i), meta)
-        return rms_norm(x, self.norm, self.config.rms_norm_eps)
+        return rms_norm(x, self.norm, self.config.rms_norm_eps, self.fused_norm)
 
     def _scripted(self, cache: KVCache):
         """The scripted decode step, when this model can take it (CPU)."""

@@ -68,6 +68,20 @@ def test_each_role_runs_the_weights_its_settings_give(monkeypatch, env, weights)
         assert engine_config(args).weights == expected, role
 
 
+@pytest.mark.parametrize("value", ["", "reference", "fused"])
+def test_every_worker_computes_rms_norm_as_tandem_rms_norm_says(monkeypatch, value):
+    import argparse
+
+    from tandem.cli import engine_config
+
+    monkeypatch.delenv("TANDEM_RMS_NORM", raising=False)
+    if value:
+        monkeypatch.setenv("TANDEM_RMS_NORM", value)
+    for role in ("prefill", "decode", "colocated"):
+        args = argparse.Namespace(command=role, model="", dtype="float32", device="cpu", max_num_seqs=8)
+        assert engine_config(args).rms_norm == (value or "reference"), role
+
+
 def test_an_engine_doing_both_phases_refuses_prefill_weights_that_differ(tmp_path):
     import os
 

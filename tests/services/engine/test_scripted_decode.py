@@ -30,7 +30,7 @@ def each_forward_both_ways(engine, monkeypatch) -> list[tuple[bool, bool]]:
     return seen
 
 
-@pytest.mark.parametrize("mode", ["float32", "bfloat16", "int4"])
+@pytest.mark.parametrize("mode", ["float32", "bfloat16", "int4", "int4-fused"])
 def test_scripted_decode_steps_match_the_eager_layers_bit_for_bit(mode, engine, settings, monkeypatch):
     if mode != "float32" and not CpuFeatures.detect().native("bfloat16"):
         pytest.skip("bf16 (and int4) is not native on this CPU")
