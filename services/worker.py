@@ -28,10 +28,9 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
-import torch
 
 from protos.tandem.v1 import worker_pb2 as pb
-from services.engine import EngineConfig, InvalidRequestError
+from services.engine import EngineConfig, InvalidRequestError, omp
 from services.secret import server_interceptors
 from services.wire import PARAM_KEY
 
@@ -112,7 +111,7 @@ def worker_status(loop, drain: "Drain", **extra: int) -> pb.WorkerStatus:
                            live_requests=counts.live, awaiting_kv=counts.awaiting_kv,
                            held_kv_requests=counts.held, held_kv_bytes=counts.held_bytes,
                            subscribers=loop.subscribers, calls_in_progress=drain.calls,
-                           num_threads=torch.get_num_threads(), **extra)
+                           num_threads=engine.num_threads, **extra)
 
 
 def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metrics) -> tuple:
@@ -129,7 +128,10 @@ def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metri
 
 
 def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * config.engine.max_num_seqs + 16),
+    # gRPC threads copy and checksum KV: on their own thread, so the engine loop's OpenMP team is
+    # the only one (services/engine/omp.py)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * config.engine.max_num_seqs + 16,
+                                                    initializer=omp.serial),
                          interceptors=server_interceptors(config.secret),
                          options=[("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.max_receive_message_length", 64 << 20)])

@@ -39,6 +39,7 @@ import torch
 
 from protos.tandem.v1 import worker_pb2 as pb
 from protos.tandem.v1 import worker_pb2_grpc as rpc
+from services.engine import omp
 from services.engine.config import DTYPES
 from services.secret import secret_channel
 from services.transfer import KvChannel, KvStoreServer, KvTransferError
@@ -68,8 +69,10 @@ class KvPuller:
         self._grpc: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, rpc.PrefillServiceStub] = {}
         self._users: Counter[str] = Counter()   # requests using each peer now (under _guard)
-        self._connects = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-connect")
-        self._receives = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-recv")
+        self._connects = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-connect",
+                                                    initializer=omp.serial)
+        self._receives = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-recv",
+                                                    initializer=omp.serial)
 
     def stub(self, address: str) -> rpc.PrefillServiceStub:
         with self._guard:

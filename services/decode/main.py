@@ -9,7 +9,7 @@ from pathlib import Path
 from protos.tandem.v1 import worker_pb2_grpc as rpc
 from services.decode.handoff import KvPuller, PeerReaper
 from services.decode.server import DecodeServicer
-from services.engine import LLMEngine
+from services.engine import LLMEngine, omp
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics
 from services.transfer import KvStoreServer
@@ -22,6 +22,8 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     loading = time.monotonic()
     engine = LLMEngine(config.engine, cache_dir)
     engine_seconds = time.monotonic() - loading
+    omp.release()   # only the engine loop keeps an OpenMP team (services/engine/omp.py)
+    omp.serial()
     loop = EngineLoop(engine, max_step_failures=config.max_step_failures).start()
     store = puller = None
     if config.role == "decode":   # a colocated worker prefills itself: no KV comes in

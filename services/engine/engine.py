@@ -52,6 +52,7 @@ class LLMEngine:
         self.config = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        self.num_threads = torch.get_num_threads()   # what the thread stepping it uses (omp.py)
         self.cpu = CpuFeatures.detect()
         check_native(config.dtype, config.weights, config.device, self.cpu)
         self.device = torch.device(config.device)

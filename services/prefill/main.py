@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from protos.tandem.v1 import worker_pb2_grpc as rpc
-from services.engine import LLMEngine
+from services.engine import LLMEngine, omp
 from services.engine.loop import EngineLoop
 from services.metrics import WorkerMetrics
 from services.prefill.server import PrefillServicer
@@ -20,6 +20,8 @@ def serve(config: WorkerConfig, cache_dir: Path) -> int:
     loading = time.monotonic()
     engine = LLMEngine(config.engine, cache_dir)
     engine_seconds = time.monotonic() - loading
+    omp.release()   # only the engine loop keeps an OpenMP team (services/engine/omp.py)
+    omp.serial()
     loop = EngineLoop(engine, max_step_failures=config.max_step_failures)
     metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
     servicer = PrefillServicer(loop, config, metrics)
