@@ -4,8 +4,10 @@ torch's CPU build runs its parallel ops on GNU OpenMP (libgomp). libgomp gives e
 starts a parallel region a team of its own, and once a process holds more OpenMP threads than it
 has CPUs, a team's threads stop spinning between regions (libgomp's "throttled" spin, ~100
 iterations) and sleep in the kernel instead, so every parallel region pays for waking them. A
-decode step at one row is ~200 short parallel regions (the matmuls, attention), so on a 2-cpu
-machine that cost 10–30% of a step (docs/benchmarks.md §8, "One OpenMP team").
+decode step at one row is more than 150 short parallel regions (120 matmuls, 30 attentions, the
+head), so on a 2-cpu machine that cost about a seventh of a step (docs/benchmarks.md §8, "One
+OpenMP team"). The price: the loop team's second thread now spins between regions on a cpu the
+prefill worker may share (`tandem up`'s 2-cpu split), which lengthened TTFT at 32 streams (§9.1).
 
 A worker's main thread loads the engine (one team) and the engine loop thread steps it (a second
 team); gRPC threads that copy or checksum KV would start more. So workers call:
@@ -23,11 +25,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 
 import torch
 
-log = logging.getLogger(__name__)
 OMP_PAUSE_SOFT = 1
 
 
