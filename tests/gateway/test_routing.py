@@ -1,6 +1,7 @@
 """Worker choice over a real Redis registry: the gateway's view, its refresh, and least-loaded."""
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections import Counter
@@ -161,10 +162,13 @@ def test_every_turn_of_a_conversation_has_the_opening_s_key():
 
 
 async def test_a_conversation_sticks_to_one_worker_and_falls_back_when_it_leaves(server, registry):
+    # roomy workers: the requests sent between two registry reads count as load, and a loaded CI
+    # machine can let several rounds pass without a read; at 8 sequences they tipped a preferred
+    # worker over AFFINITY_SLACK (a flake seen once in CI), at 128 they cannot in this test
     for w in ("d0", "d1", "d2"):
-        registry.publish(worker(w))
+        registry.publish(dataclasses.replace(worker(w), max_num_seqs=128))
     for w in ("p0", "p1"):
-        registry.publish(worker(w, role="prefill"))
+        registry.publish(dataclasses.replace(worker(w, role="prefill"), max_num_seqs=128))
     v = view(server, refresh_s=1e-3)
     keys = [affinity_key(conversation(f"topic {i}")) for i in range(12)]
     first = {k: [w.worker_id for w in await v.route(k)] for k in keys}
