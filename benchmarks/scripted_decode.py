@@ -2,7 +2,7 @@
 
 ``--switch script`` (default): the scripted decode step against the eager layers
 (``model.script_decode``). ``--switch norm``: the fused RMSNorm against the reference one
-(``EngineConfig.rms_norm``; every layer's flag, eager and scripted alike).
+(``EngineConfig.rms_norm``; the model's flag, which eager and scripted steps alike read).
 
 For each mode and batch size: one engine, ``B`` greedy requests (``ignore_eos``); after a warm-up,
 every decode step is timed with the switch on and off in turn, so both see the same machine from
@@ -31,8 +31,7 @@ from benchmarks.engine_quality import MODES  # noqa: E402
 
 SWITCHES = {   # name: (label off, label on, what turns it on or off in a loaded engine)
     "script": ("eager", "scripted", lambda eng, on: setattr(eng.model, "script_decode", on)),
-    "norm": ("reference norm", "fused norm",
-             lambda eng, on: [setattr(m, "fused_norm", on) for m in (eng.model, *eng.model.layers)]),
+    "norm": ("reference norm", "fused norm", lambda eng, on: setattr(eng.model, "fused_norm", on)),
 }
 
 

@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 import uuid
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
@@ -130,8 +129,7 @@ def observe(config: WorkerConfig, loop, server: grpc.Server, service: str, metri
 def grpc_server(config: WorkerConfig) -> tuple[grpc.Server, int]:
     # gRPC threads copy and checksum KV: on their own thread, so the engine loop's OpenMP team is
     # the only one (services/engine/omp.py)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * config.engine.max_num_seqs + 16,
-                                                    initializer=omp.serial),
+    server = grpc.server(omp.executor(4 * config.engine.max_num_seqs + 16),
                          interceptors=server_interceptors(config.secret),
                          options=[("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.max_receive_message_length", 64 << 20)])

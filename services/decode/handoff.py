@@ -69,10 +69,8 @@ class KvPuller:
         self._grpc: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, rpc.PrefillServiceStub] = {}
         self._users: Counter[str] = Counter()   # requests using each peer now (under _guard)
-        self._connects = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-connect",
-                                                    initializer=omp.serial)
-        self._receives = futures.ThreadPoolExecutor(max_workers=max_peers, thread_name_prefix="kv-recv",
-                                                    initializer=omp.serial)
+        self._connects = omp.executor(max_peers, "kv-connect")
+        self._receives = omp.executor(max_peers, "kv-recv")
 
     def stub(self, address: str) -> rpc.PrefillServiceStub:
         with self._guard:

@@ -17,6 +17,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 WEIGHTS = ("dense", "int4")
 
+RMS_NORMS = ("reference", "fused")   # EngineConfig.rms_norm: model.rms_norm(fused=) is the second
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -107,13 +109,17 @@ class EngineConfig:
             raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {self.weights!r}")
         if self.weights == "int4" and (self.dtype not in ("bfloat16", "bf16") or self.device != "cpu"):
             raise ValueError("weights=int4 computes in bfloat16 on the CPU: set dtype=bfloat16, device=cpu")
-        if self.rms_norm not in ("reference", "fused"):
-            raise ValueError(f"rms_norm must be 'reference' or 'fused', got {self.rms_norm!r}")
+        if self.rms_norm not in RMS_NORMS:
+            raise ValueError(f"rms_norm must be one of {list(RMS_NORMS)}, got {self.rms_norm!r}")
         for name in ("block_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_model_len < 0 or self.num_threads < 0:
             raise ValueError("max_model_len and num_threads must be >= 0")
+
+    @property
+    def fused_norm(self) -> bool:
+        return self.rms_norm == "fused"
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -65,7 +65,7 @@ class LLMEngine:
         self.tokenizer = Tokenizer(self.model_dir)
         self.model = LlamaForCausalLM(mc, config.torch_dtype, self.max_model_len,
                                       script_decode=config.script_decode,
-                                      fused_norm=config.rms_norm == "fused").to(self.device)
+                                      fused_norm=config.fused_norm).to(self.device)
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         if config.weights == "int4":
             self.model.quantize()
@@ -73,7 +73,7 @@ class LLMEngine:
         self.cache = KVCache(mc, num_blocks, config.block_size, config.torch_dtype, self.device)
         self.blocks = BlockManager(num_blocks, config.block_size,
                                    f"{self.model_dir.name}|{config.torch_dtype}|{config.weights}"
-                                   + ("|fused-norm" if config.rms_norm == "fused" else ""),
+                                   + ("|fused-norm" if config.fused_norm else ""),
                                    config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
         self.runner = ModelRunner(self.model, self.cache, self.device)

@@ -157,10 +157,9 @@ def scripted_decode_layers():
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, fused_norm: bool = False):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         c = config
-        self.fused_norm = fused_norm
         e = lambda *shape: nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)  # noqa: E731
         self.input_norm = e(c.hidden_size)
         self.post_attn_norm = e(c.hidden_size)
@@ -172,13 +171,13 @@ class DecoderLayer(nn.Module):
         self.scale = c.head_dim ** -0.5
 
     def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], kv: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, fused_norm: bool = False) -> torch.Tensor:
         c = self.config
         qkv, o, gate_up, down = (linear_args(getattr(self, name)) for name in LINEARS)
         q, k, v = attention_inputs(x, self.input_norm, *qkv, c.rms_norm_eps, *rope, c.num_heads, c.num_kv_heads,
-                                   c.head_dim, self.fused_norm)
+                                   c.head_dim, fused_norm)
         attn = paged_attention(q, k, v, *kv, meta, self.scale)
-        return layer_output(x, attn, *o, self.post_attn_norm, *gate_up, *down, c.rms_norm_eps, self.fused_norm)
+        return layer_output(x, attn, *o, self.post_attn_norm, *gate_up, *down, c.rms_norm_eps, fused_norm)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -191,7 +190,7 @@ class LlamaForCausalLM(nn.Module):
         self._decode_args: tuple | None = None
         self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype),
                                   requires_grad=False)
-        self.layers = nn.ModuleList(DecoderLayer(config, dtype, fused_norm) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, dtype) for _ in range(config.num_layers))
         self.norm = nn.Parameter(torch.empty(config.hidden_size, dtype=dtype), requires_grad=False)
         self.lm_head = self.embed if config.tie_word_embeddings else nn.Parameter(
             torch.empty(config.vocab_size, config.hidden_size, dtype=dtype), requires_grad=False)
@@ -211,7 +210,7 @@ class LlamaForCausalLM(nn.Module):
                          c.head_dim, meta.block_size, self.layers[0].scale, self.fused_norm)
         else:
             for i, layer in enumerate(self.layers):
-                x = layer(x, rope, cache.layer(i), meta)
+                x = layer(x, rope, cache.layer(i), meta, self.fused_norm)
         return rms_norm(x, self.norm, self.config.rms_norm_eps, self.fused_norm)
 
     def _scripted(self, cache: KVCache):

@@ -15,8 +15,8 @@ team); gRPC threads that copy or checksum KV would start more. So workers call:
 - ``release()`` on the main thread once the engine is loaded: frees that thread's team
   (``omp_pause_resource_all``, OpenMP 5.0);
 - ``serial()`` on every thread that is not the engine loop (the main thread after loading, gRPC and
-  KV threads as they start): torch ops on that thread then run on it alone, so only the engine
-  loop's team exists.
+  KV threads as they start: ``executor()`` makes a thread pool whose threads do): torch ops on
+  that thread then run on it alone, so only the engine loop's team exists.
 
 Both do nothing and return False where torch does not run on libgomp (other builds, other OSes).
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from concurrent import futures
 
 import torch
 
@@ -64,3 +65,10 @@ def serial() -> bool:
     torch.get_num_threads()      # ATen sets a thread's OpenMP thread count once, lazily: let it first
     lib.omp_set_num_threads(1)
     return torch.get_num_threads() == 1
+
+
+def executor(max_workers: int, thread_name_prefix: str = "") -> futures.ThreadPoolExecutor:
+    """A thread pool for a worker process: each of its threads runs torch ops serially
+    (``serial()``), so the engine loop's OpenMP team stays the only one."""
+    return futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix,
+                                      initializer=serial)

@@ -68,6 +68,16 @@ def test_each_role_runs_the_weights_its_settings_give(monkeypatch, env, weights)
         assert engine_config(args).weights == expected, role
 
 
+def test_the_settings_offer_exactly_the_engines_weights_and_norms():
+    import typing
+
+    from services.engine.config import RMS_NORMS, WEIGHTS
+    from tandem.settings import Settings
+
+    assert typing.get_args(Settings.model_fields["rms_norm"].annotation) == RMS_NORMS
+    assert typing.get_args(Settings.model_fields["weights"].annotation) == WEIGHTS
+
+
 @pytest.mark.parametrize("value", ["", "reference", "fused"])
 def test_every_worker_computes_rms_norm_as_tandem_rms_norm_says(monkeypatch, value):
     import argparse

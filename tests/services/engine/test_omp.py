@@ -14,7 +14,6 @@ from services.engine import omp
 
 SCRIPT = r"""
 import os, threading, json, time
-from concurrent import futures
 import torch
 from services.engine import omp
 
@@ -36,7 +35,7 @@ def grpc_like():
     (copy * 3).sum()
     return torch.get_num_threads()
 
-with futures.ThreadPoolExecutor(1, initializer=omp.serial) as pool:
+with omp.executor(1) as pool:
     base = threads()                            # the pool's thread does not exist yet
     out["pool_threads"] = pool.submit(grpc_like).result()
     out["pool_added"] = threads() - base        # its own thread only, no team

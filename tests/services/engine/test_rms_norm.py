@@ -51,7 +51,7 @@ def test_an_unknown_norm_is_refused():
 def test_an_engine_with_the_fused_norm_answers(settings):
     # fp32: the int4 model answers this prompt oddly with either norm (see test_quality for its bounds)
     eng = LLMEngine(EngineConfig(kv_cache_bytes=64 << 20, rms_norm="fused"), settings.cache_dir)
-    assert eng.model.fused_norm and all(layer.fused_norm for layer in eng.model.layers)
+    assert eng.model.fused_norm
     out = eng.generate([eng.chat_prompt("What is the capital of France?")],
                        SamplingParams(max_tokens=12, temperature=0))
     assert "Paris" in out[0].text
