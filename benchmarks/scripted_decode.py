@@ -3,13 +3,15 @@
 ``--switch script`` (default): the scripted decode step against the eager layers
 (``model.script_decode``). ``--switch norm``: the fused RMSNorm against the reference one
 (``EngineConfig.rms_norm``; the model's flag, which eager and scripted steps alike read).
+``--switch pack``: dense bf16 weights packed for oneDNN against plain ones (``model.pack_rows``,
+``services/engine/packed.py``; same bits).
 
 For each mode and batch size: one engine, ``B`` greedy requests (``ignore_eos``); after a warm-up,
 every decode step is timed with the switch on and off in turn, so both see the same machine from
 one step to the next (on a shared machine, separate processes measured the same matmuls 40% apart).
 Prints the median step of each and the ratio, with the machine's limits and load before and after::
 
-    python -m benchmarks.scripted_decode [--switch script|norm] [--modes float32,bfloat16,int4]
+    python -m benchmarks.scripted_decode [--switch script|norm|pack] [--modes float32,bfloat16,int4]
         [--batches 1,8,32] [--steps 64] [--threads 1]
 """
 
@@ -27,11 +29,14 @@ if __package__ in (None, ""):
 
 from benchmarks.engine_step import USER_PROMPTS, cpu_flags_line, limits  # noqa: E402
 from benchmarks.engine_quality import MODES  # noqa: E402
+from services.engine import packed  # noqa: E402
 
 
 SWITCHES = {   # name: (label off, label on, what turns it on or off in a loaded engine)
     "script": ("eager", "scripted", lambda eng, on: setattr(eng.model, "script_decode", on)),
     "norm": ("reference norm", "fused norm", lambda eng, on: setattr(eng.model, "fused_norm", on)),
+    "pack": ("plain weights", "packed weights",
+             lambda eng, on: setattr(eng.model, "pack_rows", packed.MAX_ROWS if on else 0)),
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import sampler
+from . import packed as onednn, sampler
 from .block_manager import BlockManager
 from .checkpoint import load_state_dict, model_name_for, resolve_model_dir, default_model_path
 from .config import EngineConfig, ModelConfig
@@ -65,7 +65,9 @@ class LLMEngine:
         self.tokenizer = Tokenizer(self.model_dir)
         self.model = LlamaForCausalLM(mc, config.torch_dtype, self.max_model_len,
                                       script_decode=config.script_decode,
-                                      fused_norm=config.fused_norm).to(self.device)
+                                      fused_norm=config.fused_norm,
+                                      pack_rows=onednn.MAX_ROWS if onednn.available(config.torch_dtype, self.device)
+                                      else 0).to(self.device)
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         if config.weights == "int4":
             self.model.quantize()

@@ -4,11 +4,11 @@ Weights use Hugging Face names on load; Q/K/V and gate/up projections are fused 
 each so a step does fewer, larger matmuls. ``forward`` takes a step's tokens flattened across
 sequences and returns hidden states; ``logits`` is applied only to the rows that get sampled.
 
-A step that only decodes, in one attention group (the common step of a decode worker), runs all
-layers in one TorchScript function (``decode_layers``): the same ops in the same order as the
-layers' ``forward`` (bit-identical results, tested), without the Python interpreter between them.
-At one row that cut the step's forward by about a fifth on a 2-core CPU (docs/benchmarks.md §8).
-Other steps (prefill chunks, several decode groups) run the layers eagerly.
+A step that only decodes (the common step of a decode worker; its rows in one or more attention
+groups of similar context) runs all layers in one TorchScript function (``decode_layers``): the
+same ops in the same order as the layers' ``forward`` (bit-identical results, tested), without the
+Python interpreter between them. At one row that cut the step's forward by about a fifth on a
+2-core CPU (docs/benchmarks.md §8). Steps with prefill chunks run the layers eagerly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 from .attention import AttentionMetadata, decode_attention, paged_attention
 from .config import ModelConfig
 from .kv_cache import KVCache
+from . import packed as onednn
 from .quant import Int4Weight, Int8Weight, linear
 
 LINEARS = ("qkv", "o", "gate_up", "down")
@@ -82,8 +83,11 @@ def linear_args(w: torch.Tensor | Int4Weight) -> tuple[torch.Tensor, Optional[to
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, scale_zeros: Optional[torch.Tensor], group: int) -> torch.Tensor:
-    """``x @ w.T`` for a dense ``w`` (``scale_zeros`` None) or int4 packed codes (``linear_args``)."""
+    """``x @ w.T`` for a dense ``w`` (``scale_zeros`` None; plain, or oneDNN-packed: ``packed.py``)
+    or int4 packed codes (``linear_args``)."""
     if scale_zeros is None:
+        if w.is_mkldnn:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, None, "none", [], "")
         return F.linear(x, w)
     return torch._weight_int4pack_mm_for_cpu(x.contiguous(), w, group, scale_zeros)
 
@@ -113,15 +117,16 @@ def layer_output(x: torch.Tensor, attn: torch.Tensor, o: torch.Tensor, o_sz: Opt
 
 
 def decode_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor,
-                  slots: torch.Tensor, blocks: torch.Tensor, mask: Optional[torch.Tensor],
-                  norms: List[torch.Tensor], weights: List[torch.Tensor],
+                  slots: torch.Tensor, bounds: List[int], blocks: List[torch.Tensor],
+                  masks: List[Optional[torch.Tensor]], norms: List[torch.Tensor], weights: List[torch.Tensor],
                   scale_zeros: List[Optional[torch.Tensor]], groups: List[int], eps: float, num_heads: int,
                   num_kv_heads: int, head_dim: int, block_size: int, scale: float,
                   fused_norm: bool) -> torch.Tensor:
-    """Every layer's ``DecoderLayer.forward`` for a step of decode tokens in one attention group:
-    ``x: [T, hidden]``, ``kv`` the whole ``KVCache.kv``; per layer ``norms`` holds the two norm
-    weights and ``weights``/``scale_zeros``/``groups`` the four linears (``LINEARS`` order,
-    ``linear_args``). Scripted."""
+    """Every layer's ``DecoderLayer.forward`` for a step of decode tokens only: ``x: [T, hidden]``,
+    ``kv`` the whole ``KVCache.kv``; attention group ``g`` (``DecodeGroup``) is rows
+    ``bounds[g]:bounds[g + 1]`` with ``blocks[g]`` and ``masks[g]``; per layer ``norms`` holds the
+    two norm weights and ``weights``/``scale_zeros``/``groups`` the four linears (``LINEARS``
+    order, ``linear_args``). The same ops as ``paged_attention``'s decode groups. Scripted."""
     for i in range(kv.shape[0]):
         j = 4 * i
         k_cache, v_cache = kv[i, 0], kv[i, 1]
@@ -129,7 +134,13 @@ def decode_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: tor
                                    num_heads, num_kv_heads, head_dim, fused_norm)
         k_cache.index_copy_(0, slots, k)
         v_cache.index_copy_(0, slots, v)
-        attn = decode_attention(q, k_cache, v_cache, blocks, mask, block_size, scale)
+        if len(blocks) == 1:
+            attn = decode_attention(q, k_cache, v_cache, blocks[0], masks[0], block_size, scale)
+        else:
+            attn = torch.empty_like(q)
+            for g in range(len(blocks)):
+                a, b = bounds[g], bounds[g + 1]
+                attn[a:b] = decode_attention(q[a:b], k_cache, v_cache, blocks[g], masks[g], block_size, scale)
         x = layer_output(x, attn, weights[j + 1], scale_zeros[j + 1], groups[j + 1], norms[2 * i + 1],
                          weights[j + 2], scale_zeros[j + 2], groups[j + 2],
                          weights[j + 3], scale_zeros[j + 3], groups[j + 3], eps, fused_norm)
@@ -171,9 +182,11 @@ class DecoderLayer(nn.Module):
         self.scale = c.head_dim ** -0.5
 
     def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], kv: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata, fused_norm: bool = False) -> torch.Tensor:
+                meta: AttentionMetadata, fused_norm: bool = False, linears: list | None = None) -> torch.Tensor:
+        """``linears``: the four linears' ``linear_args`` to use instead of this layer's own
+        (``LlamaForCausalLM``'s packed ones)."""
         c = self.config
-        qkv, o, gate_up, down = (linear_args(getattr(self, name)) for name in LINEARS)
+        qkv, o, gate_up, down = linears or [linear_args(getattr(self, name)) for name in LINEARS]
         q, k, v = attention_inputs(x, self.input_norm, *qkv, c.rms_norm_eps, *rope, c.num_heads, c.num_kv_heads,
                                    c.head_dim, fused_norm)
         attn = paged_attention(q, k, v, *kv, meta, self.scale)
@@ -182,12 +195,16 @@ class DecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype, max_positions: int, script_decode: bool = True,
-                 fused_norm: bool = False):
+                 fused_norm: bool = False, pack_rows: int = 0):
         super().__init__()
         self.config = config
         self.fused_norm = fused_norm   # ``rms_norm(fused=)`` for every norm, eager and scripted alike
         self.script_decode = script_decode   # run decode-only steps through ``decode_layers`` (CPU)
-        self._decode_args: tuple | None = None
+        # steps of at most this many rows use dense bf16 weights packed for oneDNN (packed.py;
+        # same bits, built on the first such step); 0: never
+        self.pack_rows = pack_rows
+        self._packed: tuple[list, object] | None = None   # (per layer the 4 linear_args, head)
+        self._decode_args: dict[bool, tuple] = {}   # scripted step's weight arguments, by packed
         self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype),
                                   requires_grad=False)
         self.layers = nn.ModuleList(DecoderLayer(config, dtype) for _ in range(config.num_layers))
@@ -201,31 +218,64 @@ class LlamaForCausalLM(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         x = F.embedding(input_ids, self.embed)
         rope = self.rotary.tables(positions)
-        group = meta.only_decode_group
-        scripted = self._scripted(cache) if group is not None else None
+        packed = self._packed_weights(x.shape[0])
+        groups = meta.decode_groups if not meta.prefills else ()
+        scripted = self._scripted(cache) if groups else None
         if scripted is not None:
             c = self.config
-            x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, group.blocks, group.mask,
-                         *self._decode_args, c.rms_norm_eps, c.num_heads, c.num_kv_heads,
+            x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, [g.start for g in groups] + [groups[-1].end],
+                         [g.blocks for g in groups], [g.mask for g in groups], *self._scripted_args(packed), c.rms_norm_eps, c.num_heads, c.num_kv_heads,
                          c.head_dim, meta.block_size, self.layers[0].scale, self.fused_norm)
         else:
             for i, layer in enumerate(self.layers):
-                x = layer(x, rope, cache.layer(i), meta, self.fused_norm)
+                x = layer(x, rope, cache.layer(i), meta, self.fused_norm, packed[0][i] if packed else None)
         return rms_norm(x, self.norm, self.config.rms_norm_eps, self.fused_norm)
 
     def _scripted(self, cache: KVCache):
         """The scripted decode step, when this model can take it (CPU)."""
         if not self.script_decode or cache.kv.device.type != "cpu":
             return None
-        if self._decode_args is None:
-            args = [linear_args(getattr(layer, name)) for layer in self.layers for name in LINEARS]
-            norms = [t for layer in self.layers for t in (layer.input_norm, layer.post_attn_norm)]
-            self._decode_args = (norms, *(list(a) for a in zip(*args)))
         return scripted_decode_layers()
+
+    def _scripted_args(self, packed: tuple[list, object] | None) -> tuple:
+        """``decode_layers``' norm and weight arguments, with the packed linears or the plain ones."""
+        key = packed is not None
+        if key not in self._decode_args:
+            layers = packed[0] if packed else [[linear_args(getattr(layer, name)) for name in LINEARS]
+                                               for layer in self.layers]
+            args = [a for linears in layers for a in linears]
+            norms = [t for layer in self.layers for t in (layer.input_norm, layer.post_attn_norm)]
+            self._decode_args[key] = (norms, *(list(a) for a in zip(*args)))
+        return self._decode_args[key]
+
+    def _packed_weights(self, rows: int) -> tuple[list, object] | None:
+        """The packed linears (per layer ``linear_args``) and head for a step of ``rows`` rows, or
+        None: plain weights (more rows than ``pack_rows``, weights that are not dense bf16, or a
+        machine where packing would change the bits; packed.py)."""
+        if not 0 < rows <= self.pack_rows:
+            return None
+        if self._packed is None:
+            dense = [getattr(layer, name) for layer in self.layers for name in LINEARS]
+            if not all(isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16 for w in dense):
+                self.pack_rows = 0
+                return None
+            layers = [[(onednn.pack(getattr(layer, name)), None, 0) for name in LINEARS] for layer in self.layers]
+            head = onednn.pack(self.lm_head) if isinstance(self.lm_head, torch.Tensor) else self.lm_head
+            first = self.layers[0]
+            checks = [(first.qkv, layers[0][0][0]), (first.down, layers[0][3][0])]
+            checks += [(self.lm_head, head)] if isinstance(self.lm_head, torch.Tensor) else []
+            if not all(onednn.same_bits(w, p) for w, p in checks):
+                log.warning("oneDNN's packed bf16 weights give other bits than plain ones on this machine; "
+                            "not using them")
+                self.pack_rows = 0
+                return None
+            self._packed = (layers, head)
+        return self._packed
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.lm_head).float()
+        packed = self._packed_weights(hidden.shape[0])
+        return linear(hidden, packed[1] if packed else self.lm_head).float()
 
     def quantize(self) -> None:
         """``weights="int4"``: layers' weights to ``Int4Weight``, the head to ``Int8Weight``
@@ -238,7 +288,7 @@ class LlamaForCausalLM(nn.Module):
         head = self.lm_head
         delattr(self, "lm_head")
         self.lm_head = Int8Weight(head)
-        self._decode_args = None
+        self._decode_args, self._packed = {}, None
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy Hugging Face-named tensors in, fusing Q/K/V and gate/up; raise on anything missing."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import packed
+
 GROUP = 32
 
 
@@ -62,5 +64,8 @@ class Int8Weight:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor | Int4Weight | Int8Weight) -> torch.Tensor:
-    """``x @ w.T`` for a dense tensor or a low-bit weight (whose kernels need ``x`` contiguous)."""
-    return F.linear(x, w) if isinstance(w, torch.Tensor) else w(x.contiguous())
+    """``x @ w.T`` for a dense tensor (plain, or oneDNN-packed: ``packed.py``) or a low-bit weight
+    (whose kernels need ``x`` contiguous)."""
+    if not isinstance(w, torch.Tensor):
+        return w(x.contiguous())
+    return packed.matmul(x, w) if w.is_mkldnn else F.linear(x, w)

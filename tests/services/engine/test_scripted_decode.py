@@ -1,5 +1,6 @@
 """The scripted decode step (``model.decode_layers`` under TorchScript) gives bit-identical hidden
-states to the eager layers, for every weight mode it takes, on batches of different contexts."""
+states to the eager layers, for every weight mode it takes, on batches of different contexts — in
+one attention group and in several (a long prompt beside short ones)."""
 
 import pytest
 import torch
@@ -9,12 +10,14 @@ from services.engine import SamplingParams
 from services.engine.cpu import CpuFeatures
 
 PROMPTS = ["What is the capital of France?", "Say hello.",
-           "Explain photosynthesis in one sentence, then list three plants that use it."]
+           "Explain photosynthesis in one sentence, then list three plants that use it.",
+           "Summarize in one line: " + "The quick brown fox jumps over the lazy dog. " * 60]
 
 
-def each_forward_both_ways(engine, monkeypatch) -> list[tuple[bool, bool]]:
-    """Run every forward of the engine's model eagerly and scripted; record, per forward, whether it
-    was a decode-only step and whether both gave the same hidden states bit for bit."""
+def each_forward_both_ways(engine, monkeypatch) -> list[tuple[int, bool]]:
+    """Run every forward of the engine's model eagerly and scripted; record, per forward, its number
+    of decode groups when it was a decode-only step (else 0) and whether both gave the same hidden
+    states bit for bit."""
     model, seen = engine.model, []
     forward = model.forward
 
@@ -23,7 +26,7 @@ def each_forward_both_ways(engine, monkeypatch) -> list[tuple[bool, bool]]:
         eager = forward(ids, positions, cache, meta)
         model.script_decode = True
         scripted = forward(ids, positions, cache, meta)   # rewrites the same KV slots with the same values
-        seen.append((meta.only_decode_group is not None, torch.equal(eager, scripted)))
+        seen.append((0 if meta.prefills else len(meta.decode_groups), torch.equal(eager, scripted)))
         return scripted
 
     monkeypatch.setattr(model, "forward", both)
@@ -39,8 +42,9 @@ def test_scripted_decode_steps_match_the_eager_layers_bit_for_bit(mode, engine, 
     seen = each_forward_both_ways(eng, monkeypatch)
     outs = eng.generate([eng.chat_prompt(p) for p in PROMPTS], SamplingParams(max_tokens=6, temperature=0))
     assert all(len(o.token_ids) == 6 for o in outs)
-    decode_steps = [same for decode, same in seen if decode]
+    decode_steps = [same for groups, same in seen if groups]
     assert len(decode_steps) >= 5 and all(decode_steps), seen
+    assert any(groups > 1 for groups, _ in seen), seen
     assert all(same for _, same in seen)
     assert eng.model.script_decode                    # nothing turned it off on the way
 
