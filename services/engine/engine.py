@@ -71,6 +71,7 @@ class LLMEngine:
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         if config.weights == "int4":
             self.model.quantize()
+        self.model.pack()   # bf16: steps of few rows use weights packed for oneDNN (packed.py)
         num_blocks = config.kv_cache_bytes // (kv_bytes_per_token(mc, config.torch_dtype) * config.block_size)
         self.cache = KVCache(mc, num_blocks, config.block_size, config.torch_dtype, self.device)
         self.blocks = BlockManager(num_blocks, config.block_size,

@@ -252,9 +252,12 @@ class LlamaForCausalLM(nn.Module):
         """The packed linears (per layer ``linear_args``) and head for a step of ``rows`` rows, or
         None: plain weights (more rows than ``pack_rows``, weights that are not dense bf16, or a
         machine where packing would change the bits; packed.py)."""
-        if not 0 < rows <= self.pack_rows:
-            return None
-        if self._packed is None:
+        return self.pack() if 0 < rows <= self.pack_rows else None
+
+    def pack(self) -> tuple[list, object] | None:
+        """Build the packed weights now if ``pack_rows`` asks for them (else on the first step that
+        uses them); None, and ``pack_rows`` 0, where they cannot be used."""
+        if self._packed is None and self.pack_rows:
             dense = [getattr(layer, name) for layer in self.layers for name in LINEARS]
             if not all(isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16 for w in dense):
                 self.pack_rows = 0

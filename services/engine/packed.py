@@ -11,8 +11,8 @@ Same bits: there the packed product gave exactly ``F.linear``'s result at every 
 ``MAX_ROWS`` rows, and ``same_bits`` checks this machine before a model uses them
 (``LlamaForCausalLM.pack_rows``). The plain weights stay: for larger steps (prefill chunks) and
 for the embedding, to which SmolLM2 ties the head. So a packed model costs its linear weights
-twice in memory (~270 MB for SmolLM2-135M in bf16); a prefill worker that never runs a step of
-few rows never packs.
+twice in memory (~270 MB more for SmolLM2-135M in bf16); packing takes ~0.25 s when the engine
+loads.
 """
 
 from __future__ import annotations
