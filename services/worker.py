@@ -58,6 +58,7 @@ class WorkerConfig:
     max_step_failures: int = 3     # failed engine steps in a row after which the worker exits 1
     secret: str = field(default="", repr=False)   # every gRPC call must carry it (services/secret.py); "" is open
     drain_timeout_s: float = 60.0  # on SIGTERM: the longest wait for the work it holds to finish
+    shared_threads: int = 0        # decode: torch threads left idle while a prefill it asked for runs
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "colocated"):

@@ -253,7 +253,7 @@ def worker_command(args: argparse.Namespace) -> int:
                           request_timeout_s=s.request_timeout_s, held_kv_ttl_s=s.held_kv_ttl_s,
                           max_held_kv_bytes=s.max_held_kv_bytes, heartbeat_ttl_s=s.heartbeat_ttl_s,
                           metrics_port=args.metrics_port, engine_stall_s=s.engine_stall_s,
-                          drain_timeout_s=s.drain_timeout_s,
+                          drain_timeout_s=s.drain_timeout_s, shared_threads=s.shared_threads,
                           max_step_failures=s.max_step_failures, secret=s.worker_secret)
     if args.command == "prefill":
         from services.prefill.main import serve

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     kv_cache_gb: float = Field(2.0, gt=0, description="paged KV cache size per worker, GiB")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default; "
                                                   "`tandem up` sets it per worker from TANDEM_SPLIT)")
+    shared_threads: int = Field(0, ge=0, description="decode worker: torch threads it leaves idle while "
+                                "a prefill it asked for runs, for a prefill worker on cores it shares "
+                                "(`tandem up` sets it from the split: 1 on 2 cpus; 0: never)")
     split: str = Field("auto", pattern=r"^(auto|\d+:(\d+x)?\d+)$",
                        description="`tandem up`: prefill:decode torch threads, e.g. `1:2` (`1:2x1`: "
                                    "two 1-thread decode workers), or "

@@ -10,15 +10,17 @@ container limited to 2 CPUs on a 64-core host gets 2, the first two of its affin
 - n = 2: decode gets both cores and 2 threads; prefill gets 1 thread on the first core, shared
   with decode. Decode is what saturates (prefill idles at ~2% of a core at concurrency 32 with
   128-token prompts and outputs); the 1:1 split left the prefill core idle. Measured side by side:
-  docs/benchmarks.md §9.2.
+  docs/benchmarks.md §9.2. While a prefill runs, decode steps with 1 thread (``shared``: the
+  decode worker's ``TANDEM_SHARED_THREADS``), so the two never split the shared core.
 - n ≥ 3: disjoint cores, prefill the first ⌈n/4⌉, decode the rest; threads = cores. A quarter keeps
   long prompts' TTFT down without taking decode's cores (prefill runs whole prompts as large
   matmuls, several times the work per core-second of a decode step).
 
 ``P:D`` (``--split`` / ``TANDEM_SPLIT``) asks for P prefill and D decode threads instead: prefill
-on the first P usable cores, decode on the last D, overlapping when P + D > n. ``P:WxD`` runs W
-decode workers of D threads each, on disjoint cores counted from the last (``1:2x1``: two
-one-thread decode workers, on cpus 0 and 1 of two).
+on the first P usable cores, decode on the last D, overlapping when P + D > n (a decode worker
+then leaves the shared cores to a running prefill, as above). ``P:WxD`` runs W decode workers of
+D threads each, on disjoint cores counted from the last (``1:2x1``: two one-thread decode workers,
+on cpus 0 and 1 of two).
 """
 
 from __future__ import annotations
@@ -35,17 +37,20 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one worker runs: ``cpus`` it is pinned to (empty: not pinned) and ``threads`` torch
-    intra-op threads (0: torch's default)."""
+    """Where one worker runs: ``cpus`` it is pinned to (empty: not pinned), ``threads`` torch
+    intra-op threads (0: torch's default) and, for a decode worker, ``shared`` of those threads it
+    leaves idle while a prefill runs on cores it shares."""
 
     cpus: tuple[int, ...] = ()
     threads: int = 0
+    shared: int = 0
 
     def describe(self) -> str:
         threads = f"{self.threads} thread{'s' * (self.threads != 1)}" if self.threads else "default threads"
         if not self.cpus:
             return f"{threads}, not pinned"
-        return f"{threads} on cpu{'s' * (len(self.cpus) > 1)} {_ranges(self.cpus)}"
+        shared = f" ({self.threads - self.shared} while prefill runs)" if self.shared else ""
+        return f"{threads} on cpu{'s' * (len(self.cpus) > 1)} {_ranges(self.cpus)}{shared}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ def auto_split(cpus: tuple[int, ...]) -> CpuSplit:
     if n == 1:
         return _split(Placement(cpus, 1), Placement(cpus, 1), source=source)
     if n == 2:
-        return _split(Placement(cpus[:1], 1), Placement(cpus, 2), source=source)
+        return _split(Placement(cpus[:1], 1), Placement(cpus, 2, shared=1), source=source)
     p = math.ceil(n / 4)
     return _split(Placement(cpus[:p], p), Placement(cpus[p:], n - p), source=source)
 
@@ -137,7 +142,7 @@ def choose_split(spec: str, cpus: tuple[int, ...], pin: bool = True) -> CpuSplit
         raise ValueError(f"split must be 'auto', 'P:D' or 'P:WxD' (prefill:decode threads), got {spec!r}")
     split = auto_split(cpus) if spec == "auto" else _explicit(spec, int(m[1]), int(m[2] or 1), int(m[3]), cpus)
     if not pin:
-        split = CpuSplit(tuple((r, Placement((), pl.threads)) for r, pl in split.workers),
+        split = CpuSplit(tuple((r, Placement((), pl.threads)) for r, pl in split.workers),   # shared: unknown
                          split.source + ", not pinned")
     return split
 
@@ -147,8 +152,10 @@ def _explicit(spec: str, p: int, workers: int, d: int, cpus: tuple[int, ...]) ->
     if not (1 <= p <= n and workers >= 1 and 1 <= d and workers * d <= n):
         raise ValueError(f"split {spec}: prefill needs 1 to {n} threads and the decode workers 1 to {n} "
                          f"between them (usable cpus: {_ranges(cpus)})")
-    decode = [Placement(cpus[n - (i + 1) * d:n - i * d], d) for i in reversed(range(workers))]
-    return _split(Placement(cpus[:p], p), *decode, source=f"{spec}, {n} usable cpus")
+    prefill = cpus[:p]
+    decode = [Placement(c, d, shared=min(d - 1, len(set(c) & set(prefill))))
+              for c in (cpus[n - (i + 1) * d:n - i * d] for i in reversed(range(workers)))]
+    return _split(Placement(prefill, p), *decode, source=f"{spec}, {n} usable cpus")
 
 
 def colocated_split(cpus: tuple[int, ...], pin: bool = True) -> CpuSplit:

@@ -66,6 +66,7 @@ def spawn_worker(role: str, cfg: UpConfig, redis_url: str, placement: Placement,
     env = dict(os.environ, TANDEM_REDIS_URL=redis_url, TANDEM_WORKER_SECRET=cfg.worker_secret)
     if placement.threads:
         env["TANDEM_NUM_THREADS"] = str(placement.threads)
+    env["TANDEM_SHARED_THREADS"] = str(placement.shared)
     argv = [sys.executable, "-m", "tandem.cli", role, "--host", cfg.host, "--port", "0", "--metrics-port", "0",
             "--dtype", cfg.dtype,
             *(["--model", cfg.model] if cfg.model else []),

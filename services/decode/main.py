@@ -32,6 +32,8 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
     metrics = WorkerMetrics(engine.model_name, config.role, config.worker_id)
     metrics.bind(engine, puller.pairs_open if puller else lambda: 0)
     servicer = DecodeServicer(loop, config, puller, metrics)
+    if puller and config.shared_threads:
+        loop.threads = servicer.step_threads
     server, port = grpc_server(config)
     rpc.add_DecodeServiceServicer_to_server(servicer, server)
     health, metrics_address = observe(config, loop, server, "tandem.v1.DecodeService", metrics)

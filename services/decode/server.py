@@ -57,6 +57,17 @@ class DecodeServicer(rpc.DecodeServiceServicer):
         self.puller = puller
         self.metrics = metrics or WorkerMetrics(self.engine.model_name, config.role, config.worker_id)
         self.drain = Drain()   # held work while draining: open Generate streams
+        self._prefilling = 0   # Prefill calls this worker is waiting on (under _prefilling_lock)
+        self._prefilling_lock = threading.Lock()
+
+    def step_threads(self) -> int:
+        """Torch threads for the engine's next step (``EngineLoop.threads``): all of the engine's,
+        less ``config.shared_threads`` while a prefill this worker asked for runs — the prefill
+        worker then computes on cores this worker shares (``tandem up``'s split on 2 cpus), and a
+        decode thread on such a core makes every parallel op of the step wait for it while taking
+        half the core from the prefill (docs/architecture.md "CPU split")."""
+        full = self.engine.num_threads
+        return max(1, full - self.config.shared_threads) if self._prefilling else full
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         self.drain.refuse_new(context, self.config.worker_id)
@@ -197,16 +208,22 @@ class DecodeServicer(rpc.DecodeServiceServicer):
     def _prefill(self, request, params, prefill, context, cancelled) -> pb.PrefillReply | None:
         """The prefill worker's reply; None if this call was cancelled meanwhile (the prefill call
         is cancelled too, which aborts the request there)."""
-        call = prefill.Prefill.future(pb.PrefillRequest(
-            request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-            sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv),
-            timeout=self.config.request_timeout_s)
-        done = threading.Event()
-        call.add_done_callback(lambda _: done.set())
-        while not done.wait(0.05):
-            if cancelled.is_set():
-                call.cancel()
-                return None
+        with self._prefilling_lock:
+            self._prefilling += 1
+        try:
+            call = prefill.Prefill.future(pb.PrefillRequest(
+                request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+                sampling=wire.sampling_to_proto(params), test_corrupt_kv=request.test_corrupt_kv),
+                timeout=self.config.request_timeout_s)
+            done = threading.Event()
+            call.add_done_callback(lambda _: done.set())
+            while not done.wait(0.05):
+                if cancelled.is_set():
+                    call.cancel()
+                    return None
+        finally:
+            with self._prefilling_lock:
+                self._prefilling -= 1
         try:
             return call.result()
         except grpc.RpcError as e:

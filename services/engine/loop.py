@@ -6,6 +6,8 @@ their own queue; outputs of requests nobody listens to are dropped. ``housekeepi
 once a second on the loop thread (the prefill worker expires unclaimed KV there).
 ``last_beat`` (``time.monotonic()``) is stamped at every turn of the loop, busy or idle (at least
 every 0.5 s): a stale beat means a step is stuck, which the worker's gRPC health reports.
+``threads``, when given, says before each step how many torch threads the step may use (a decode
+worker gives up the cores it shares with a busy prefill worker: ``DecodeServicer.step_threads``).
 
 Failure rule: a step that raises ends every request in the engine with ``finish_reason="error"``
 (each waiter gets that final output at once; their KV blocks are freed). After
@@ -21,6 +23,8 @@ import threading
 import time
 from typing import Callable
 
+import torch
+
 from .engine import LLMEngine
 from .sequence import RequestOutput
 
@@ -29,9 +33,11 @@ log = logging.getLogger(__name__)
 
 class EngineLoop:
     def __init__(self, engine: LLMEngine, housekeeping: Callable[[], None] | None = None,
-                 max_step_failures: int = 3):
+                 max_step_failures: int = 3, threads: Callable[[], int] | None = None):
         self.engine = engine
         self.housekeeping = housekeeping
+        self.threads = threads
+        self.step_threads = engine.num_threads   # what the last step ran with
         self.max_step_failures = max_step_failures
         self.failed = threading.Event()   # set once the loop gave up after repeated step failures
         self._failures = 0
@@ -92,6 +98,9 @@ class EngineLoop:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            if self.threads is not None and (n := self.threads()) != self.step_threads:
+                torch.set_num_threads(n)   # this thread's OpenMP team: the loop's (omp.py)
+                self.step_threads = n
             self._deliver(self._step())
 
     def _step(self) -> list[RequestOutput]:

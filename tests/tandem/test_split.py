@@ -105,3 +105,16 @@ def test_tandem_up_refuses_a_bad_split_before_starting_anything(capsys, monkeypa
     monkeypatch.setenv("TANDEM_SPLIT", "one")
     assert main(["up"]) == 2
     assert "TANDEM_SPLIT" in capsys.readouterr().err
+
+
+def test_a_decode_worker_on_cores_of_the_prefill_worker_leaves_them_while_it_prefills():
+    shared = lambda split: [p.shared for role, p in split.workers if role == "decode"]  # noqa: E731
+    assert shared(auto_split((0, 1))) == [1]
+    assert "2 threads on cpus 0-1 (1 while prefill runs)" in auto_split((0, 1)).describe()
+    assert shared(auto_split((0,))) == [0]                   # one core: one thread either way
+    assert shared(auto_split(tuple(range(8)))) == [0]        # disjoint cores
+    assert shared(choose_split("2:2", (0, 1))) == [1]         # keeps at least one thread
+    assert shared(choose_split("2:3", (0, 1, 2))) == [2]
+    assert shared(choose_split("1:1", (0, 1))) == [0]
+    assert shared(choose_split("1:2x1", (0, 1))) == [0, 0]    # one-thread workers keep their thread
+    assert shared(choose_split("auto", (0, 1), pin=False)) == [0]
