@@ -66,8 +66,8 @@ class LLMEngine:
         self.model = LlamaForCausalLM(mc, config.torch_dtype, self.max_model_len,
                                       script_decode=config.script_decode,
                                       fused_norm=config.fused_norm,
-                                      pack_rows=onednn.MAX_ROWS if onednn.available(config.torch_dtype, self.device)
-                                      else 0).to(self.device)
+                                      pack_rows=min(onednn.MAX_ROWS, config.max_num_seqs)
+                                      if onednn.available(config.torch_dtype, self.device) else 0).to(self.device)
         self.model.load_hf_state_dict(load_state_dict(self.model_dir))
         if config.weights == "int4":
             self.model.quantize()

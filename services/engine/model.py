@@ -267,7 +267,8 @@ class LlamaForCausalLM(nn.Module):
             first = self.layers[0]
             checks = [(first.qkv, layers[0][0][0]), (first.down, layers[0][3][0])]
             checks += [(self.lm_head, head)] if isinstance(self.lm_head, torch.Tensor) else []
-            if not all(onednn.same_bits(w, p) for w, p in checks):
+            rows = tuple(sorted({r for r in onednn.CHECK_ROWS if r <= self.pack_rows} | {self.pack_rows}))
+            if not all(onednn.same_bits(w, p, rows) for w, p in checks):
                 log.warning("oneDNN's packed bf16 weights give other bits than plain ones on this machine; "
                             "not using them")
                 self.pack_rows = 0

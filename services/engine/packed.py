@@ -8,8 +8,9 @@ CPU freezing does), SmolLM2's linears of a whole step ran 1.3–2.2× faster on 
 
 Same bits: there the packed product gave exactly ``F.linear``'s result at every row count from 1 to
 257 (not at 512, where oneDNN picks other kernels), so packed weights serve only steps of at most
-``MAX_ROWS`` rows, and ``same_bits`` checks this machine before a model uses them
-(``LlamaForCausalLM.pack_rows``). The plain weights stay: for larger steps (prefill chunks) and
+``MAX_ROWS`` rows — and of at most ``max_num_seqs``, the most rows a decode step or a step's
+logits have (``LlamaForCausalLM.pack_rows``; 64 by default, so longer prefill chunks take the
+plain weights) — and ``same_bits`` checks this machine at those row counts before a model uses them. The plain weights stay: for larger steps (prefill chunks) and
 for the embedding, to which SmolLM2 ties the head. So a packed model costs its linear weights
 twice in memory (~270 MB more for SmolLM2-135M in bf16); packing takes ~0.25 s when the engine
 loads.
