@@ -3,8 +3,10 @@
 Each deployment is started alone on a free port (``llama-server`` per GGUF given, ``tandem up`` P/D
 per CPU split asked for and per ``--tandem-env`` variant, ``tandem up --colocated``), waited for,
 and loaded by ``tandem bench`` at each concurrency (closed loop; random prompts of ``--input-len``
-tokens, ``--output-len`` tokens out, greedy, ``ignore_eos``; the same seed, so every deployment gets
-the same requests), then stopped. ``--rounds N`` does all of that N times, the order reversed every
+tokens, ``--output-len`` tokens out, greedy, ``ignore_eos``; the seed is the concurrency, so every
+deployment gets the same requests and no concurrency reuses the prompts of another — before
+2026-12-02 06:10 UTC every run used seed 0, and a deployment's c=32 run began with the prompts its
+c=8 run had just sent, which both servers' prompt caches could reuse), then stopped. ``--rounds N`` does all of that N times, the order reversed every
 other round, and reports medians over rounds, each ratio the median of the ratios within a round.
 The machine's limits (CPU flags, usable cores, matmul rate, memory bandwidth) are measured in the
 same run, before and after, and the load average is recorded around every deployment.
@@ -77,7 +79,7 @@ class Plan:
         return ["--model", model, "--dataset", "random", "--input-len", str(self.input_len),
                 "--output-len", str(self.output_len), "--temperature", "0", "--ignore-eos",
                 "--concurrency", str(c), "--num-requests", str(self.num_requests(c)),
-                "--warmup", str(min(c, 4)), "--seed", "0", "--no-plots", "--no-progress"]
+                "--warmup", str(min(c, 4)), "--seed", str(c), "--no-plots", "--no-progress"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -62,6 +62,8 @@ def test_the_bench_load_is_greedy_ignore_eos_closed_loop():
     assert config.load.num_requests == 8 and config.load.warmup == 4
     assert config.temperature == 0 and config.ignore_eos and config.workload.input_len == 64
     assert config.workload.output_len == 128 and config.plot_dir is None
+    assert config.seed == 8 and build_config(parser.parse_args([
+        "--base-url", "http://127.0.0.1:1/v1", *plan.bench_argv("m", 32)])).seed == 32   # no shared prompts
 
 
 @pytest.mark.parametrize("argv, message", [
