@@ -5,9 +5,10 @@ per CPU split asked for and per ``--tandem-env`` variant, ``tandem up --colocate
 and loaded by ``tandem bench`` at each concurrency (closed loop; random prompts of ``--input-len``
 tokens, ``--output-len`` tokens out, greedy, ``ignore_eos``; the seed is the concurrency, so every
 deployment gets the same requests and no concurrency reuses the prompts of another — before
-2026-12-02 06:10 UTC every run used seed 0, and a deployment's c=32 run began with the prompts its
-c=8 run had just sent, which both servers' prompt caches could reuse), then stopped. ``--rounds N`` does all of that N times, the order reversed every
-other round, and reports medians over rounds, each ratio the median of the ratios within a round.
+2026-12-02 06:05 UTC every run used seed 0, and a deployment's c=32 run began with the prompts its
+c=8 run had just sent, which both servers' prompt caches could reuse), then stopped. ``--rounds N``
+does all of that N times, the order reversed every other round, and reports medians over rounds,
+each ratio the median of the ratios within a round.
 The machine's limits (CPU flags, usable cores, matmul rate, memory bandwidth) are measured in the
 same run, before and after, and the load average is recorded around every deployment.
 Nothing is built or downloaded: ``llama-server`` is a binary you built (docs/benchmarks.md §9 has

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import packed as onednn
 from .attention import AttentionMetadata, decode_attention, paged_attention
 from .config import ModelConfig
 from .kv_cache import KVCache
-from . import packed as onednn
 from .quant import Int4Weight, Int8Weight, linear
 
 LINEARS = ("qkv", "o", "gate_up", "down")
@@ -201,7 +201,7 @@ class LlamaForCausalLM(nn.Module):
         self.fused_norm = fused_norm   # ``rms_norm(fused=)`` for every norm, eager and scripted alike
         self.script_decode = script_decode   # run decode-only steps through ``decode_layers`` (CPU)
         # steps of at most this many rows use dense bf16 weights packed for oneDNN (packed.py;
-        # same bits, built on the first such step); 0: never
+        # same bits; ``pack`` builds them, the engine calls it when it loads); 0: never
         self.pack_rows = pack_rows
         self._packed: tuple[list, object] | None = None   # (per layer the 4 linear_args, head)
         self._decode_args: dict[bool, tuple] = {}   # scripted step's weight arguments, by packed
@@ -223,9 +223,10 @@ class LlamaForCausalLM(nn.Module):
         scripted = self._scripted(cache) if groups else None
         if scripted is not None:
             c = self.config
-            x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, [g.start for g in groups] + [groups[-1].end],
-                         [g.blocks for g in groups], [g.mask for g in groups], *self._scripted_args(packed), c.rms_norm_eps, c.num_heads, c.num_kv_heads,
-                         c.head_dim, meta.block_size, self.layers[0].scale, self.fused_norm)
+            bounds = [g.start for g in groups] + [groups[-1].end]
+            x = scripted(x, rope[0], rope[1], cache.kv, meta.slot_mapping, bounds, [g.blocks for g in groups],
+                         [g.mask for g in groups], *self._scripted_args(packed), c.rms_norm_eps, c.num_heads,
+                         c.num_kv_heads, c.head_dim, meta.block_size, self.layers[0].scale, self.fused_norm)
         else:
             for i, layer in enumerate(self.layers):
                 x = layer(x, rope, cache.layer(i), meta, self.fused_norm, packed[0][i] if packed else None)

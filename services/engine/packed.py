@@ -10,10 +10,10 @@ Same bits: there the packed product gave exactly ``F.linear``'s result at every 
 257 (not at 512, where oneDNN picks other kernels), so packed weights serve only steps of at most
 ``MAX_ROWS`` rows — and of at most ``max_num_seqs``, the most rows a decode step or a step's
 logits have (``LlamaForCausalLM.pack_rows``; 64 by default, so longer prefill chunks take the
-plain weights) — and ``same_bits`` checks this machine at those row counts before a model uses them. The plain weights stay: for larger steps (prefill chunks) and
-for the embedding, to which SmolLM2 ties the head. So a packed model costs its linear weights
-twice in memory (~270 MB more for SmolLM2-135M in bf16); packing takes ~0.25 s when the engine
-loads.
+plain weights) — and ``same_bits`` checks this machine at those row counts before a model uses
+them. The plain weights stay: for larger steps and for the embedding, to which SmolLM2 ties the
+head. So a packed model costs its linear weights twice in memory (~270 MB more for SmolLM2-135M in
+bf16); packing and the check take ~0.3 s of one thread when the engine loads.
 """
 
 from __future__ import annotations
