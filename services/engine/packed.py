@@ -4,7 +4,8 @@
 bf16 / AMX) layout inside every call. At a decode step's few rows that reorder costs about as
 much as the product: packed once (``torch.ops.mkldnn._reorder_linear_weight``, what Inductor's
 CPU freezing does), SmolLM2's linears of a whole step ran 1.3–2.2× faster on a 2-core AMX CPU at
-1–64 rows, slower at 2048 (docs/benchmarks.md §8, "Packed bf16 weights").
+1–64 rows with the weights hot in cache, slower at 2048; a real decode step, whose weights stream
+from memory, 1.02–1.24× (docs/benchmarks.md §8, "Packed bf16 weights").
 
 Same bits: there the packed product gave exactly ``F.linear``'s result at every row count from 1 to
 257 (not at 512, where oneDNN picks other kernels), so packed weights serve only steps of at most
