@@ -37,7 +37,7 @@ SPEC = GrammarSpec("json_schema", schema=json.dumps(SCHEMA))
 
 
 def compile_times(engine: LLMEngine) -> dict[str, float]:
-    pool = GrammarCompilerPool(engine.tokenizer.hf, engine.model_config.vocab_size, sorted(engine.eos_token_ids))
+    pool = GrammarCompilerPool(engine.tokenizer, engine.model_config.vocab_size, sorted(engine.eos_token_ids))
     t = time.perf_counter()
     pool.compile(GrammarSpec("json_object")).result()             # builds the TokenizerInfo too
     first = time.perf_counter() - t

@@ -4,7 +4,8 @@ request, and masking the logits rows of constrained requests only.
 Ownership and timing:
 - ``GrammarCompilerPool`` (one per engine) owns the xgrammar compiler and a cache of compiled
   grammars keyed by ``GrammarSpec.key()``; compilation runs on its own thread, so the engine thread
-  never waits for it. The first request also builds the tokenizer's ``TokenizerInfo`` there.
+  never waits for it. The first request also builds the tokenizer's ``TokenizerInfo`` there (importing
+  ``transformers`` for it: the workers' start does not).
 - ``RequestGrammar`` (one per constrained ``Sequence``) owns that request's ``GrammarMatcher``. The
   matcher is built when the compiled grammar is ready, by replaying every output token so far (a
   decode worker replays the prefill worker's first token); from then on each sampled token is
@@ -18,18 +19,19 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Sequence as Seq
+from typing import Sequence as Seq
 
 import torch
 
 from .grammar import GrammarSpec, build_grammar
+from .tokenizer import Tokenizer
 
 CACHE_SIZE = 256
 
 
 class GrammarCompilerPool:
-    def __init__(self, hf_tokenizer: Any, vocab_size: int, stop_token_ids: list[int], threads: int = 1):
-        self._hf_tokenizer = hf_tokenizer
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, stop_token_ids: list[int], threads: int = 1):
+        self._tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._stop_token_ids = sorted(stop_token_ids)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="grammar")
@@ -55,7 +57,7 @@ class GrammarCompilerPool:
         import xgrammar as xgr
 
         if self._compiler is None:      # only this pool's thread touches the compiler
-            info = xgr.TokenizerInfo.from_huggingface(self._hf_tokenizer, vocab_size=self.vocab_size,
+            info = xgr.TokenizerInfo.from_huggingface(self._tokenizer.hf, vocab_size=self.vocab_size,
                                                       stop_token_ids=self._stop_token_ids)
             self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         return self._compiler.compile_grammar(build_grammar(spec))

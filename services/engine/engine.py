@@ -82,7 +82,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.cache, self.device)
         eos = set(mc.eos_token_ids) | ({self.tokenizer.eos_token_id} - {None})
         self.eos_token_ids = frozenset(eos)
-        self.grammars = GrammarCompilerPool(self.tokenizer.hf, mc.vocab_size, list(eos))
+        self.grammars = GrammarCompilerPool(self.tokenizer, mc.vocab_size, list(eos))
         self._awaiting_grammar: list[Sequence] = []   # constrained requests whose grammar compiles
         self._live: dict[str, _Live] = {}
         self._lock = threading.RLock()

@@ -1,56 +1,179 @@
-"""The model's tokenizer and chat template, plus incremental detokenization with stop strings."""
+"""The model's tokenizer and chat template, plus incremental detokenization with stop strings.
+
+``Tokenizer`` reads a model directory's ``tokenizer.json`` with the ``tokenizers`` library and
+renders its chat template with Jinja, the way ``transformers`` does (the same sandboxed
+environment, the same special tokens passed in). It does not import ``transformers``: that import
+and ``AutoTokenizer``'s config lookups cost each process 2-3 s of CPU at start (three processes
+start at once under ``tandem up``), for work this class does in ~0.15 s. A directory with only a
+slow tokenizer (no ``tokenizer.json``) is converted through ``transformers`` once, when loaded.
+``tests/services/engine/test_tokenizer_parity.py`` checks every method against ``AutoTokenizer``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .errors import InvalidRequestError
 
+# The named special tokens of a Hugging Face tokenizer (``SPECIAL_TOKENS_ATTRIBUTES``), in order.
+NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as ``tokenizer_config.json`` writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def special_tokens(config: dict) -> tuple[dict[str, str], list[str]]:
+    """``(named, extra)``: the named special tokens (``bos_token`` …, and any other ``*_token``
+    string) and the extra ones (``extra_special_tokens`` / ``additional_special_tokens``)."""
+    named = {k: t for k in NAMED_SPECIAL if (t := _token_text(config.get(k))) is not None}
+    extra_value = config.get("extra_special_tokens", config.get("additional_special_tokens")) or []
+    if isinstance(extra_value, dict):   # model-specific named tokens ("image_token": ...)
+        named |= {k: t for k, v in extra_value.items() if (t := _token_text(v)) is not None}
+        extra_value = []
+    for k, v in config.items():
+        if k.endswith("_token") and k not in named and (t := _token_text(v)) is not None:
+            named[k] = t
+    return named, [t for v in extra_value if (t := _token_text(v)) is not None]
+
+
+def chat_template(model_dir: Path, config: dict) -> str | None:
+    """The default chat template: ``chat_template.jinja`` first, then the tokenizer config's."""
+    path = model_dir / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    value = config.get("chat_template")
+    if isinstance(value, list):        # [{"name": "default", "template": ...}, ...]
+        value = {t.get("name"): t.get("template") for t in value}.get("default")
+    if value is None and (model_dir / "chat_template.json").is_file():
+        value = json.loads((model_dir / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    return value if isinstance(value, str) else None
+
+
+def compile_template(source: str):
+    """A chat template compiled as ``transformers`` compiles it: an immutable sandbox with
+    ``trim_blocks``/``lstrip_blocks``, loop controls, a ``tojson`` that keeps non-ASCII text and
+    does not HTML-escape, and the ``raise_exception`` and ``strftime_now`` globals."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def _load_backend(model_dir: Path):
+    """The ``tokenizers.Tokenizer`` of ``model_dir``: its ``tokenizer.json``, or, for a directory
+    with a slow tokenizer only, the fast tokenizer ``transformers`` converts it to."""
+    from tokenizers import Tokenizer as Backend
+
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        return Backend.from_file(str(path))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    if not hasattr(hf, "backend_tokenizer"):
+        raise ValueError(f"{model_dir}: no tokenizer.json and no fast tokenizer to convert to")
+    return hf.backend_tokenizer
+
 
 class Tokenizer:
-    """Wraps a Hugging Face tokenizer loaded from a model directory (no network)."""
+    """A model directory's tokenizer and chat template (no network, no ``transformers``)."""
 
     def __init__(self, model_dir: Path):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
-
-        self._tok = AutoTokenizer.from_pretrained(str(model_dir))
-        if not self._tok.chat_template:
+        model_dir = Path(model_dir)
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        self._tok = _load_backend(model_dir)
+        self._named, extra = special_tokens(config)
+        source = chat_template(model_dir, config)
+        if not source:
             raise ValueError(f"{model_dir} has no chat template")
+        self._template = compile_template(source)
+        # transformers skips its space clean-up for BPE models (it would eat spaces before
+        # punctuation); for others it honours the config's flag.
+        self._clean_up = (bool(config.get("clean_up_tokenization_spaces", False))
+                          and type(self._tok.model).__name__ != "BPE")
+        names = list(dict.fromkeys([*self._named.values(), *extra]))
+        self._special_ids = {i for t in names if (i := self._tok.token_to_id(t)) is not None}
+        eos = self._named.get("eos_token")
+        self._eos_id = self._tok.token_to_id(eos) if eos is not None else None
+        self._hf = None
 
     @property
     def hf(self):
-        """The Hugging Face tokenizer itself (xgrammar reads its vocabulary)."""
-        return self._tok
+        """A ``transformers`` fast tokenizer over the same vocabulary, for xgrammar's
+        ``TokenizerInfo.from_huggingface``; built (and ``transformers`` imported) on first use,
+        which is the grammar compiler's thread when the first constrained request arrives."""
+        if self._hf is None:
+            from tokenizers import Tokenizer as Backend
+            from transformers import PreTrainedTokenizerFast
+
+            self._hf = PreTrainedTokenizerFast(tokenizer_object=Backend.from_str(self._tok.to_str()),
+                                               **self._named)
+        return self._hf
 
     @property
     def eos_token_id(self) -> int | None:
-        return self._tok.eos_token_id
+        return self._eos_id
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False)
+        return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        text = self._tok.decode(ids, skip_special_tokens=True)
+        return _clean_up_spaces(text) if self._clean_up else text
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return self._tok.convert_ids_to_tokens(ids)
+        return [self._tok.id_to_token(int(i)) for i in ids]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        return self._tok.convert_tokens_to_string(tokens)
+        decoder = self._tok.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
     @property
     def special_ids(self) -> set[int]:
-        return set(self._tok.all_special_ids)
+        return set(self._special_ids)
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` rendered by the model's template, ending with the assistant cue."""
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """``messages`` rendered by the model's template, ending with the assistant cue."""
         for i, m in enumerate(messages):
             if m.get("role") not in ("system", "user", "assistant", "developer"):
                 raise InvalidRequestError(f"messages[{i}].role", f"unsupported role {m.get('role')!r}")
-        ids = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        return self._template.render(messages=chat, tools=None, documents=None,
+                                     add_generation_prompt=True, **self._named)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of ``messages`` rendered by the model's template, ending with the assistant cue."""
+        return self.encode(self.render_chat(messages))
+
+
+def _clean_up_spaces(text: str) -> str:
+    """``transformers``' ``clean_up_tokenization`` (spaces before punctuation and contractions)."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
 
 
 class Detokenizer:
