@@ -41,7 +41,7 @@ from ..params import sampling_params
 from ..state import GatewayState
 from ..tools.calls import ToolOutput
 from ..tools.definitions import FunctionTool
-from ..tools.mcp import CONNECTION_CLOSED, McpFailure, McpServer, check_server_url, protocol_error
+from ..tools.mcp import McpFailure, McpServer, check_server_url, connection_closed
 from ..usage import UsageMeter
 from ..routing import affinity_key
 from .conversation import ENGINE_PARAMS, chat_messages, conversation_items, turn_prompt
@@ -170,8 +170,8 @@ class McpRun(ResponseRun):
         """Run the ``mcp_call`` at ``index`` (unless ``max_tool_calls`` are spent) → its result events."""
         item = self.builder.items[index]
         if self._spent():
-            return self.builder.call_result(index, None, protocol_error(
-                CONNECTION_CLOSED, f"Not run: max_tool_calls ({self.body.max_tool_calls}) reached."))
+            return self.builder.call_result(index, None, connection_closed(
+                f"Not run: max_tool_calls ({self.body.max_tool_calls}) reached."))
         self.calls_run += 1
         try:
             output = await self.servers[item["server_label"]].call(item["name"], item["arguments"])

@@ -13,19 +13,14 @@ becomes an ``McpFailure`` with a message for the response (the SDK's errors say 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
-
-import httpx2
-from mcp import Client
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 
 from ..errors import APIError
 
@@ -63,11 +58,33 @@ class McpFailure(Exception):
 
     def __init__(self, message: str, error: dict[str, Any] | None = None):
         super().__init__(message)
-        self.error = error or protocol_error(CONNECTION_CLOSED, message)
+        self.error = error or connection_closed(message)
+
+
+@functools.cache
+def sdk() -> SimpleNamespace:
+    """The parts of the ``mcp`` SDK (and ``httpx2``) used here, imported on the first MCP listing
+    or call rather than when the gateway starts (~0.7 s of its start otherwise)."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.sse import sse_client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+    from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
+
+    return SimpleNamespace(httpx2=httpx2, Client=Client, sse_client=sse_client,
+                           streamable_http_client=streamable_http_client, MCPError=MCPError,
+                           CONNECTION_CLOSED=CONNECTION_CLOSED, INVALID_PARAMS=INVALID_PARAMS,
+                           REQUEST_TIMEOUT=REQUEST_TIMEOUT)
 
 
 def protocol_error(code: int, message: str) -> dict[str, Any]:
     return {"type": "mcp_protocol_error", "code": code, "message": message}
+
+
+def connection_closed(message: str) -> dict[str, Any]:
+    """The SDK's error for a call that got no answer (or was never run)."""
+    return protocol_error(sdk().CONNECTION_CLOSED, message)
 
 
 def check_server_url(url: str, settings: McpSettings, param: str) -> None:
@@ -116,7 +133,7 @@ class McpServer:
             args = json.loads(arguments or "{}")
         except json.JSONDecodeError:
             message = f"The arguments for '{name}' are not JSON."
-            raise McpFailure(message, protocol_error(INVALID_PARAMS, message)) from None
+            raise McpFailure(message, protocol_error(sdk().INVALID_PARAMS, message)) from None
         result = await self._run(lambda c: c.call_tool(name, args), f"calling '{name}'")
         text = "\n".join(getattr(part, "text", "") for part in result.content)
         if result.is_error:
@@ -130,13 +147,13 @@ class McpServer:
         if budget <= 0:
             message = (f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "
                        f"passed before {what}.")
-            raise McpFailure(message, protocol_error(REQUEST_TIMEOUT, message))
+            raise McpFailure(message, protocol_error(sdk().REQUEST_TIMEOUT, message))
         try:
             async with asyncio.timeout(budget):
                 return await self._session(operation, budget)
         except TimeoutError:
             message = f"MCP server '{self.label}' did not answer within {budget:g} s while {what}."
-            raise McpFailure(message, protocol_error(REQUEST_TIMEOUT, message)) from None
+            raise McpFailure(message, protocol_error(sdk().REQUEST_TIMEOUT, message)) from None
         except Exception as exc:       # the SDK raises exception groups, httpx and protocol errors
             message = f"MCP server '{self.label}' failed while {what}: {_reason(exc)}"
             raise McpFailure(message, _error_object(_innermost(exc), message)) from None
@@ -145,31 +162,34 @@ class McpServer:
         """Run ``operation`` over Streamable HTTP, or over HTTP+SSE when the server answered the
         Streamable HTTP handshake with an error (an old server); the transport that worked is kept
         for the response's later operations."""
+        mcp = sdk()
         connected = False
         if self.transport != "sse":
             try:
-                async with httpx2.AsyncClient(headers=self.headers, timeout=budget) as http:
-                    async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                async with mcp.httpx2.AsyncClient(headers=self.headers, timeout=budget) as http:
+                    async with mcp.Client(mcp.streamable_http_client(self.url, http_client=http)) as client:
                         connected, self.transport = True, "streamable-http"
                         return await operation(client)
             except Exception as exc:
                 if connected or self.transport is not None or not _not_streamable(exc):
                     raise
             self.transport = "sse"
-        async with Client(sse_client(self.url, headers=self.headers, timeout=budget,
-                                     sse_read_timeout=budget)) as client:
+        async with mcp.Client(mcp.sse_client(self.url, headers=self.headers, timeout=budget,
+                                             sse_read_timeout=budget)) as client:
             return await operation(client)
 
 
 def _error_object(exc: BaseException, message: str) -> dict[str, Any]:
-    if isinstance(exc, httpx2.HTTPStatusError):
+    mcp = sdk()
+    if isinstance(exc, mcp.httpx2.HTTPStatusError):
         return {"type": "http_error", "code": exc.response.status_code, "message": message}
-    return protocol_error(exc.code if isinstance(exc, MCPError) else CONNECTION_CLOSED, message)
+    return protocol_error(exc.code if isinstance(exc, mcp.MCPError) else mcp.CONNECTION_CLOSED, message)
 
 
 def _not_streamable(exc: BaseException) -> bool:
     """The server answered, but not as a Streamable HTTP server (an error status or reply)."""
-    return isinstance(_innermost(exc), (MCPError, httpx2.HTTPStatusError))
+    mcp = sdk()
+    return isinstance(_innermost(exc), (mcp.MCPError, mcp.httpx2.HTTPStatusError))
 
 
 def _innermost(exc: BaseException) -> BaseException:

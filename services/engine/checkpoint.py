@@ -16,9 +16,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:   # imported where used: finding a converted model must not import torch
+    import numpy as np
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Write config.json, model.safetensors and tokenizer files for a Llama GGUF into ``out_dir``."""
+    import numpy as np
+    import torch
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from safetensors.torch import save_file

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+# dtype name -> torch dtype attribute. ``DTYPES`` (name -> ``torch.dtype``) is built on first use so
+# that the gateway, which reads ``ModelConfig`` from here, never imports torch.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+               "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 WEIGHTS = ("dense", "int4")
 
@@ -103,8 +107,8 @@ class EngineConfig:
     test_fail_step: bool = False   # test hook: every step that runs the model raises after scheduling
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {self.weights!r}")
         if self.weights == "int4" and (self.dtype not in ("bfloat16", "bf16") or self.device != "cpu"):
@@ -123,4 +127,15 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, DTYPE_NAMES[self.dtype])
+
+
+def __getattr__(name: str):
+    if name == "DTYPES":
+        import torch
+
+        globals()["DTYPES"] = dtypes = {k: getattr(torch, v) for k, v in DTYPE_NAMES.items()}
+        return dtypes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
