@@ -37,7 +37,7 @@ class EngineLoop:
         self.engine = engine
         self.housekeeping = housekeeping
         self.threads = threads
-        self.step_threads = engine.num_threads   # what the last step ran with
+        self.last_threads = engine.num_threads   # what the last step ran with
         self.max_step_failures = max_step_failures
         self.failed = threading.Event()   # set once the loop gave up after repeated step failures
         self._failures = 0
@@ -98,9 +98,9 @@ class EngineLoop:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            if self.threads is not None and (n := self.threads()) != self.step_threads:
+            if self.threads is not None and (n := self.threads()) != self.last_threads:
                 torch.set_num_threads(n)   # this thread's OpenMP team: the loop's (omp.py)
-                self.step_threads = n
+                self.last_threads = n
             self._deliver(self._step())
 
     def _step(self) -> list[RequestOutput]:

@@ -39,7 +39,7 @@ def test_each_step_runs_with_the_threads_the_loop_is_told(tiny_model_dir, tmp_pa
         finally:
             loop.stop()
         assert {w for w, _ in seen} == {1, 2} and all(w == got for w, got in seen), seen
-        assert loop.step_threads == 2
+        assert loop.last_threads == 2
     finally:
         torch.set_num_threads(before)
 
