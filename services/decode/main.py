@@ -51,6 +51,7 @@ def serve(config: WorkerConfig, cache_dir: Path, kv_port: int = 0) -> int:
              f"; KV store on port {store.port}" if store else "", metrics_address)
     print(f"TANDEM_WORKER_READY {config.role} {config.worker_id} {address} metrics={metrics_address}", flush=True)
     log.info("%s worker %s %s", config.role, config.worker_id, startup_line(engine_seconds))
+    engine.cache.commit_memory()   # the KV cache's pages, now that it serves (kv_cache.populate)
 
     def leave():
         health.stop()

@@ -39,6 +39,7 @@ def serve(config: WorkerConfig, cache_dir: Path) -> int:
              address, config.engine.dtype, config.engine.weights, metrics_address)
     print(f"TANDEM_WORKER_READY prefill {config.worker_id} {address} metrics={metrics_address}", flush=True)
     log.info("prefill worker %s %s", config.worker_id, startup_line(engine_seconds))
+    engine.cache.commit_memory()   # the KV cache's pages, now that it serves (kv_cache.populate)
 
     def leave():
         health.stop()

@@ -1,5 +1,6 @@
-"""`tandem up` on a fresh cache converts the GGUF once, before the workers start, and every start
-says where its time went (the ≤ 10 s warm-start goal is measured, not asserted: docs)."""
+"""`tandem up` on a fresh cache converts the GGUF once, before the workers start, every start
+says where its time went (the ≤ 10 s warm-start goal is measured, not asserted: docs), and each
+worker then commits its KV cache's memory."""
 
 from __future__ import annotations
 
@@ -28,5 +29,9 @@ def test_a_fresh_cache_converts_once_and_starts_say_where_time_went(tmp_path):
                               r"workers and gateway [\d.]+ s\)", text)
             assert ready, text[-3000:]
             assert text.count(" ready after ") == 2          # each worker's own line
+            deadline = time.monotonic() + 30      # then each commits its KV cache's memory
+            while "".join(stack.lines).count("KV cache memory committed") < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "".join(stack.lines).count("KV cache memory committed") == 2, "".join(stack.lines)[-3000:]
         finally:
             stop_up(stack)

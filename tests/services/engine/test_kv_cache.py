@@ -1,10 +1,12 @@
 """KVCache: slot arithmetic and the export/import round trip of one request's KV (no model)."""
 
+import os
+
 import pytest
 import torch
 
 from services.engine.config import ModelConfig
-from services.engine.kv_cache import KVCache
+from services.engine.kv_cache import KVCache, populate, zeros
 
 MODEL = ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2,
                     num_kv_heads=2, head_dim=4, rope_theta=1e4, rms_norm_eps=1e-5,
@@ -47,3 +49,19 @@ def test_import_writes_an_export_into_other_blocks_of_another_cache_and_nothing_
 def test_import_refuses_a_kv_of_another_shape_or_dtype(kv):
     with pytest.raises(ValueError, match="does not match"):
         KVCache(MODEL, 2, BLOCK, torch.float32).import_([0], kv)
+
+
+def test_cpu_cache_memory_is_committed_without_changing_its_contents():
+    """``zeros`` leaves the pages to the kernel; ``populate`` backs them all, keeping what was
+    written (the engine may write while the worker's commit thread runs)."""
+    def resident_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    t = zeros((64, 1024, 1024), torch.float32, torch.device("cpu"))     # 256 MiB
+    assert t.data_ptr() % 64 == 0 and not t.any()
+    t[5, 7, 9] = 3.0
+    before = resident_mib()
+    assert populate(t)
+    assert resident_mib() - before > 200
+    assert float(t.sum()) == 3.0 and float(t[5, 7, 9]) == 3.0
