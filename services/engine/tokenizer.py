@@ -59,8 +59,9 @@ def chat_template(model_dir: Path, config: dict) -> str | None:
 
 def compile_template(source: str):
     """A chat template compiled as ``transformers`` compiles it: an immutable sandbox with
-    ``trim_blocks``/``lstrip_blocks``, loop controls, a ``tojson`` that keeps non-ASCII text and
-    does not HTML-escape, and the ``raise_exception`` and ``strftime_now`` globals."""
+    ``trim_blocks``/``lstrip_blocks``, loop controls, the ``generation`` block, a ``tojson`` that
+    keeps non-ASCII text and does not HTML-escape, and the ``raise_exception`` and
+    ``strftime_now`` globals."""
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -71,8 +72,21 @@ def compile_template(source: str):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
+    class Generation(jinja2.ext.Extension):
+        """``{% generation %}…{% endgeneration %}`` (templates mark the assistant's tokens for
+        training masks with it): rendered as its body, as ``transformers`` does."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+                                        extensions=[jinja2.ext.loopcontrols, Generation])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

@@ -138,3 +138,23 @@ def test_a_directory_without_tokenizer_json_loads_through_transformers(tiny_mode
     assert ours.eos_token_id == hf.eos_token_id is not None
     assert ours.apply_chat_template(CHATS[1]) == hf.apply_chat_template(CHATS[1], add_generation_prompt=True,
                                                                        tokenize=True, return_dict=False)
+
+
+def test_templates_using_transformers_extras_render_as_transformers_renders_them(tiny_model_dir, tmp_path):
+    """``{% generation %}`` blocks, loop controls, ``tojson`` with non-ASCII text, a namespace."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, tmp_path)
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}"
+        "{% endif %}{% set ns.n = ns.n + 1 %}{{ ns.n }} {{ m['role'] }}: "
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}{% endgeneration %}"
+        "{% else %}{{ m['content'] | tojson }}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}{{ eos_token }}")
+    ours, hf = Tokenizer(tmp_path), AutoTokenizer.from_pretrained(str(tmp_path))
+    for chat in CHATS:
+        assert ours.render_chat(chat) == hf.apply_chat_template(chat, add_generation_prompt=True,
+                                                                tokenize=False), chat
