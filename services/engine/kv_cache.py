@@ -82,7 +82,8 @@ class KVCache:
                 log.info("KV cache memory committed (%.2f GiB in %.2f s)",
                          self.kv.numel() * self.kv.element_size() / 2**30, time.monotonic() - started)
             else:
-                log.info("KV cache pages are committed as they are first written (no MADV_POPULATE_WRITE)")
+                log.info("KV cache pages are committed as they are first written (madvise: %s)",
+                         os.strerror(ctypes.get_errno()))
 
         thread = threading.Thread(target=run, name="kv-commit", daemon=True)
         thread.start()
