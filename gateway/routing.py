@@ -87,11 +87,13 @@ class RegistryView:
         self._down: dict[str, tuple[float, float | None]] = {}   # worker_id -> (dropped at, updated_at)
         self._unhealthy: set[str] = set()
 
-    async def workers(self) -> list[WorkerInfo]:
-        """The live workers, read from Redis if the view is older than ``refresh_s``; while
-        Redis is unreachable, the last view until it is ``stale_s`` old (module rules)."""
+    async def workers(self, max_age: float | None = None) -> list[WorkerInfo]:
+        """The live workers, read from Redis if the view is older than ``refresh_s`` (or than
+        ``max_age``, when smaller: readiness checks); while Redis is unreachable, the last view
+        until it is ``stale_s`` old (module rules)."""
         now = time.monotonic()
-        if now - self._read_at >= self.refresh_s and now >= self._retry_at:
+        refresh = self.refresh_s if max_age is None else min(self.refresh_s, max_age)
+        if now - self._read_at >= refresh and now >= self._retry_at:
             if self._reading is None:
                 self._reading, self._reading_since = asyncio.ensure_future(self._read()), now
                 self._reading.add_done_callback(self._read_done)

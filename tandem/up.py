@@ -203,7 +203,7 @@ def wait_ready(cfg: UpConfig, server, redis_url: str, workers_alive) -> bool:
                     return True
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)
     if not server.should_exit:
         print("tandem up: not ready in time; stopping", file=sys.stderr, flush=True)
         server.should_exit = True

@@ -55,6 +55,7 @@ from ..routing import RegistryView
 from . import BackendUnavailable, GenerateParams, TokenChunk, TransferInfo
 
 HEALTH_TIMEOUT_S = 1.0   # one worker's gRPC health check from ``ready``
+READY_VIEW_AGE_S = 0.2   # ``ready`` reads the registry when its view is older (routing: 1 s)
 
 
 class WorkerBackend:
@@ -79,8 +80,8 @@ class WorkerBackend:
         return self.tokenizer.apply_chat_template(messages)
 
     async def ready(self) -> tuple[bool, str]:
-        try:
-            workers = await self.view.workers()
+        try:   # a fresher view than routing's: a start is ready as soon as its workers are
+            workers = await self.view.workers(max_age=READY_VIEW_AGE_S)
         except BackendUnavailable as e:  # Redis down: not ready, and say why
             return False, str(e)
         self._forget_gone(workers)

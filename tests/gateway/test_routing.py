@@ -194,3 +194,17 @@ async def test_a_busy_preferred_worker_is_passed_over(server, registry):
     registry.publish(worker("d0", running=3))              # within the slack: affinity wins
     registry.publish(worker("d1", running=0))
     assert (await view(server).route(key))[0].worker_id == "d0"
+
+
+async def test_a_readiness_check_may_ask_for_a_fresher_view(server, registry):
+    """``/ready`` reads with ``max_age`` (READY_VIEW_AGE_S): a worker that just registered
+    counts at once, while routing keeps reading at most once per refresh."""
+    registry.publish(worker("d0"))
+    v = view(server, refresh_s=60)
+    assert [w.worker_id for w in await v.workers()] == ["d0"]
+    registry.publish(worker("d1"))
+    assert [w.worker_id for w in await v.workers()] == ["d0"]                 # routing: cached
+    await asyncio.sleep(0.05)
+    assert [w.worker_id for w in await v.workers(max_age=0.04)] == ["d0", "d1"]
+    registry.publish(worker("d2"))
+    assert [w.worker_id for w in await v.workers(max_age=10)] == ["d0", "d1"]  # not due: no read
