@@ -143,7 +143,8 @@ class McpServer:
         return text
 
     async def _run(self, operation: Any, what: str) -> Any:
-        await asyncio.to_thread(sdk)   # the first MCP use imports the SDK off the event loop
+        if not sdk.cache_info().currsize:   # the first MCP use imports the SDK off the event loop
+            await asyncio.to_thread(sdk)
         budget = min(self.settings.call_timeout_s, self.deadline - time.monotonic())
         if budget <= 0:
             message = (f"The response's MCP deadline ({self.settings.response_timeout_s:g} s) "

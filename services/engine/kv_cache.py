@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def kv_bytes_per_token(model: ModelConfig, dtype: torch.dtype) -> int:
-    return model.num_layers * 2 * model.kv_size * torch.tensor([], dtype=dtype).element_size()
+    return model.num_layers * 2 * model.kv_size * dtype.itemsize
 
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -39,7 +39,7 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
         return torch.zeros(shape, dtype=dtype, device=device)
     import numpy as np
 
-    nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = torch.from_numpy(np.zeros(nbytes + 64, dtype=np.uint8))
     start = -raw.data_ptr() % 64       # as torch aligns its own allocations
     return raw[start:start + nbytes].view(dtype).view(shape)

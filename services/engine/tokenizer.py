@@ -118,6 +118,7 @@ class Tokenizer:
         config_path = model_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         self._tok = _load_backend(model_dir)
+        self._decoder = self._tok.decoder   # read per streamed token (Detokenizer)
         self._named, extra = special_tokens(config)
         source = chat_template(model_dir, config)
         if not source:
@@ -161,8 +162,7 @@ class Tokenizer:
         return [self._tok.id_to_token(int(i)) for i in ids]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        decoder = self._tok.decoder
-        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+        return self._decoder.decode(tokens) if self._decoder is not None else " ".join(tokens)
 
     @property
     def special_ids(self) -> set[int]:
