@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,10 +57,31 @@ def resolve_model_dir(model: str | Path | None, cache_dir: Path) -> Path:
     raise FileNotFoundError(f"model not found or not a .gguf file / model directory: {path}")
 
 
+CONVERT_VERSION = 2          # bump when convert_gguf's output changes: older conversions are then unused
+_SAMPLE_BYTES = 1 << 20      # how much of each end of a GGUF file its cache key hashes
+_STALE_TMP_S = 3600          # a .convert-* directory this old was left by a conversion that died
+
+
+def gguf_content_key(gguf_path: Path) -> str:
+    """The cache key of a GGUF file: its size and the bytes at both ends, not where it lies.
+
+    The same file under two installs (two virtual environments, a fresh clone) shares one
+    conversion. The head holds the whole header and metadata, the tail the last tensors' data;
+    hashing 2 MiB costs a few milliseconds at every start, the whole file would cost ~0.1 s.
+    """
+    size = gguf_path.stat().st_size
+    h = hashlib.sha256(f"{size}:v{CONVERT_VERSION}:".encode())
+    with gguf_path.open("rb") as f:
+        h.update(f.read(_SAMPLE_BYTES))
+        if size > 2 * _SAMPLE_BYTES:
+            f.seek(size - _SAMPLE_BYTES)
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def convert_gguf_cached(gguf_path: Path, cache_dir: Path) -> Path:
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:v1".encode())
-    target = cache_dir / "models" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
+    """A Hugging Face-style directory for ``gguf_path`` under ``cache_dir``, converting on first use."""
+    target = cache_dir / "models" / f"{gguf_path.stem}-{gguf_content_key(gguf_path)}"
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +89,9 @@ def convert_gguf_cached(gguf_path: Path, cache_dir: Path) -> Path:
     try:
         log.info("converting %s (first start only)", gguf_path)
         convert_gguf(gguf_path, tmp)
+        (tmp / "source.json").write_text(json.dumps(
+            {"gguf": str(gguf_path.resolve()), "size": gguf_path.stat().st_size,
+             "convert_version": CONVERT_VERSION}, indent=2))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -74,7 +99,37 @@ def convert_gguf_cached(gguf_path: Path, cache_dir: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune_obsolete_conversions(target.parent)
     return target
+
+
+def prune_obsolete_conversions(models_dir: Path) -> list[Path]:
+    """Delete conversions nothing can load any more; returns what was removed.
+
+    Obsolete: an entry written by an older converter (``source.json`` missing — the path-keyed
+    scheme before version 2 — or with another ``convert_version``), and a ``.convert-*``
+    directory left by a conversion killed over an hour ago. Run after each new conversion, so a
+    machine that reinstalls or upgrades does not keep a copy of the weights per install.
+    """
+    removed = []
+    now = time.time()
+    for entry in models_dir.iterdir():
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(".convert-"):
+            obsolete = now - entry.stat().st_mtime > _STALE_TMP_S
+        else:
+            try:
+                version = json.loads((entry / "source.json").read_text()).get("convert_version")
+            except (OSError, ValueError, AttributeError):
+                version = None
+            obsolete = version != CONVERT_VERSION
+        if obsolete:
+            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed obsolete conversion %s (%.0f MB)", entry, size / 1e6)
+            removed.append(entry)
+    return removed
 
 
 _LAYER_NAMES = {

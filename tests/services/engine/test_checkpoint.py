@@ -1,11 +1,16 @@
 """Loading: GGUF conversion details and Hugging Face-style directories (untied embeddings too)."""
 
+import json
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from services.engine import EngineConfig, LLMEngine, SamplingParams
-from services.engine.checkpoint import _unpermute, convert_gguf_cached, default_model_path
+from services.engine.checkpoint import (CONVERT_VERSION, _unpermute, convert_gguf_cached, default_model_path,
+                                       gguf_content_key, prune_obsolete_conversions)
 from tests.services import tiny_model
 
 
@@ -24,6 +29,51 @@ def test_gguf_conversion_is_cached(settings):
     first = convert_gguf_cached(default_model_path(), settings.cache_dir)
     assert (first / "model.safetensors").exists() and (first / "config.json").exists()
     assert convert_gguf_cached(default_model_path(), settings.cache_dir) == first
+    assert json.loads((first / "source.json").read_text())["convert_version"] == CONVERT_VERSION
+
+
+def test_cache_key_follows_the_file_not_its_path(tmp_path):
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
+    a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    assert gguf_content_key(a) == gguf_content_key(b)       # a second install shares the conversion
+    keys = {gguf_content_key(a)}
+    for change in (10, len(data) - 10):                     # header or last tensor bytes
+        changed = bytearray(data)
+        changed[change] ^= 1
+        b.write_bytes(changed)
+        keys.add(gguf_content_key(b))
+    b.write_bytes(data + b"x")                              # size
+    keys.add(gguf_content_key(b))
+    b.write_bytes(b"tiny")                                  # smaller than the two samples
+    keys.add(gguf_content_key(b))
+    assert len(keys) == 5
+
+
+def test_obsolete_conversions_are_pruned_and_current_ones_kept(tmp_path):
+    def entry(name, source=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"\0" * 1000)
+        if source is not None:
+            (d / "source.json").write_text(json.dumps(source))
+        return d
+
+    current = entry("m-current", {"gguf": "/x/m.gguf", "convert_version": CONVERT_VERSION})
+    legacy = entry("m-0123456789ab")                         # path-keyed, before source.json
+    older = entry("m-older", {"convert_version": CONVERT_VERSION - 1})
+    broken = entry("m-broken")
+    (broken / "source.json").write_text("not json")
+    stale, fresh = entry(".convert-dead"), entry(".convert-running")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    (tmp_path / "stray-file").write_text("left alone")
+
+    removed = prune_obsolete_conversions(tmp_path)
+    assert sorted(removed) == sorted([legacy, older, broken, stale])
+    assert current.exists() and fresh.exists() and (tmp_path / "stray-file").exists()
+    assert not any(d.exists() for d in removed)
 
 
 @pytest.fixture(scope="module")
