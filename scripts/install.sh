@@ -23,6 +23,11 @@ apt_packages() {
 }
 [ "${TANDEM_SKIP_SYSTEM_PACKAGES:-0}" = 1 ] || apt_packages
 PY=${PYTHON:-python3}
+# A fresh venv takes ~2.9 GB (torch) and the first start 0.5 GB more: say so before pip fails mid-way.
+free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+if [ ! -d .venv/lib ] && [ "${free_mb:-0}" -lt 4096 ]; then
+    echo "install.sh: only ${free_mb} MB free here; a fresh install needs about 3.5 GB" >&2
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
