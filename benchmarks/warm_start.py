@@ -63,15 +63,18 @@ def start_once(tree: Path, data_dir: Path, port: int, env: dict[str, str], timeo
             "other_cores": meter.other_cores}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=4)
+def side_by_side_args(ap: argparse.ArgumentParser, rounds: int, port: int, timeout_s: float) -> None:
+    """The options of a benchmark that starts ``tandem up`` from this checkout and ``--before``."""
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--before", type=Path, default=None, help="checkout of the code to compare")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for every start (e.g. TANDEM_DTYPE=bfloat16)")
-    ap.add_argument("--port", type=int, default=8391)
-    ap.add_argument("--timeout-s", type=float, default=180)
-    args = ap.parse_args(argv)
+    ap.add_argument("--port", type=int, default=port)
+    ap.add_argument("--timeout-s", type=float, default=timeout_s)
+
+
+def checkouts(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
+    """``{"before": …, "after": this checkout}`` and the environment of every start; prints the machine."""
     env = {"TANDEM_KV_CACHE_GB": "1", **dict(e.split("=", 1) for e in args.env)}
     trees = {"after": Path(__file__).resolve().parents[1]}
     if args.before:
@@ -79,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"machine: {info.get('Model name', '?')}, {info['cpus']} cpus, flags {info.get('Flags', '')}; "
           f"torch {info['torch']}; commit {info.get('commit', '?')}; env {env}", flush=True)
+    return trees, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    side_by_side_args(ap, rounds=4, port=8391, timeout_s=180)
+    args = ap.parse_args(argv)
+    trees, env = checkouts(args)
     with tempfile.TemporaryDirectory(prefix="warm-start-") as tmp:
         data = {name: Path(tmp) / name for name in trees}
         for name, tree in trees.items():          # converts the model if needed; not counted

@@ -116,7 +116,10 @@ def decode_group(q, k_cache, v_cache, group: DecodeGroup, block_size: int, scale
 def _prefill(q, k, v, k_cache, v_cache, span: PrefillSpan, scale: float) -> torch.Tensor:
     if span.context_slots is not None:
         k, v = gather(k_cache, span.context_slots), gather(v_cache, span.context_slots)
-    qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, len, hd]
+    # [1, heads, len, hd]: SDPA's fused CPU kernel (flash: tiled, online softmax) takes only 4-D
+    # inputs; 3-D ones fall back to the math kernel, which materializes every [len, ctx] score
+    # matrix and cost 8x more at 2,048 tokens (docs/engine.md, "Prefill attention").
+    qt, kt, vt = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     if span.context_slots is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
     else:
@@ -124,4 +127,4 @@ def _prefill(q, k, v, k_cache, v_cache, span: PrefillSpan, scale: float) -> torc
         rows = torch.arange(span.length, device=q.device)[:, None] + offset
         mask = torch.arange(span.context_len, device=q.device)[None, :] <= rows
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=True)
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)

@@ -32,3 +32,17 @@ def test_short_bench_report_is_complete_and_matches_server_usage(stack, tmp_path
     assert m["total_input_tokens"] == sum(r["prompt_tokens"] for r in reqs)
     assert m["goodput"] == pytest.approx(m["request_throughput"])
     assert (tmp_path / "bench" / "latency_cdf.png").stat().st_size > 0
+
+
+def test_prefill_ttft_benchmark_reads_the_gateways_first_token_time(stack):
+    """benchmarks/prefill_ttft.py's request: a long new prompt, ``prefill_time`` within the wall time."""
+    import httpx
+    import numpy as np
+
+    from benchmarks.prefill_ttft import ask
+    from tandem.bench.workload import random_words
+
+    with httpx.Client(base_url=stack.base_url, timeout=120) as client:
+        res = ask(client, random_words(600, np.random.default_rng(7)))
+    assert 550 < res["prompt_tokens"] < 800
+    assert 0 < res["prefill_s"] <= res["wall_s"]

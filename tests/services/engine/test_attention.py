@@ -110,6 +110,26 @@ def test_a_prefill_chunk_attends_causally_to_itself_and_its_cached_context(cache
     torch.testing.assert_close(out, causal_reference(q, k_cache, v_cache, table, cached))
 
 
+@pytest.mark.parametrize("cached", [0, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_attention_runs_on_the_fused_kernel(cached, dtype):
+    """With only SDPA's flash (fused, tiled) CPU kernel allowed, prefill still runs: it never falls
+    back to the math kernel, which materializes each [len, ctx] score matrix (8x slower at 2k)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    k_cache, v_cache = (c.to(dtype) for c in cache(6))
+    table, length = [4, 0, 2], 6
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(length, h, DIM, generator=g).to(dtype) for h in (HEADS, KV_HEADS, KV_HEADS))
+    new_slots = torch.tensor(slots_of(table, cached + length)[cached:])
+    context = torch.tensor(slots_of(table, cached + length)) if cached else None
+    meta = AttentionMetadata(new_slots, BLOCK, (), (PrefillSpan(0, length, cached + length, context),))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = paged_attention(q, k, v, k_cache, v_cache, meta, SCALE)
+    expected = causal_reference(q.float(), k_cache.float(), v_cache.float(), table, cached)
+    torch.testing.assert_close(out.float(), expected, **({} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}))
+
+
 def test_one_step_mixes_decode_groups_and_prefill_chunks_in_token_order():
     """Rows: two decode groups (2 + 1 queries), then a whole prompt of 3, then a chunk of 2 after 4 cached."""
     k_cache, v_cache = cache(12)
