@@ -114,21 +114,28 @@ def prune_obsolete_conversions(models_dir: Path) -> list[Path]:
     removed = []
     now = time.time()
     for entry in models_dir.iterdir():
-        if not entry.is_dir():
-            continue
-        if entry.name.startswith(".convert-"):
-            obsolete = now - entry.stat().st_mtime > _STALE_TMP_S
-        else:
-            try:
-                version = json.loads((entry / "source.json").read_text()).get("convert_version")
-            except (OSError, ValueError, AttributeError):
-                version = None
-            obsolete = version != CONVERT_VERSION
-        if obsolete:
+        try:             # another process may be pruning or renaming the same entries
+            if not entry.is_dir():
+                continue
+            if entry.name.startswith(".convert-"):
+                obsolete = now - entry.stat().st_mtime > _STALE_TMP_S
+            else:
+                try:
+                    version = json.loads((entry / "source.json").read_text()).get("convert_version")
+                except (FileNotFoundError, ValueError, AttributeError):
+                    version = None
+                obsolete = version != CONVERT_VERSION
+            if not obsolete:
+                continue
             size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-            shutil.rmtree(entry, ignore_errors=True)
-            log.info("removed obsolete conversion %s (%.0f MB)", entry, size / 1e6)
-            removed.append(entry)
+            shutil.rmtree(entry)
+        except FileNotFoundError:       # gone meanwhile
+            continue
+        except OSError as e:
+            log.warning("could not prune %s: %s", entry, e)
+            continue
+        log.info("removed obsolete conversion %s (%.0f MB)", entry, size / 1e6)
+        removed.append(entry)
     return removed
 
 
