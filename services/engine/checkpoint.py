@@ -58,30 +58,48 @@ def resolve_model_dir(model: str | Path | None, cache_dir: Path) -> Path:
 
 
 CONVERT_VERSION = 2          # bump when convert_gguf's output changes: older conversions are then unused
-_SAMPLE_BYTES = 1 << 20      # how much of each end of a GGUF file its cache key hashes
 _STALE_TMP_S = 3600          # a .convert-* directory this old was left by a conversion that died
+_KEYS_FILE = ".content-keys.json"
 
 
-def gguf_content_key(gguf_path: Path) -> str:
-    """The cache key of a GGUF file: its size and the bytes at both ends, not where it lies.
+def gguf_content_key(gguf_path: Path, models_dir: Path) -> str:
+    """The cache key of a GGUF file: a hash of its bytes (and ``CONVERT_VERSION``), not of where it lies.
 
     The same file under two installs (two virtual environments, a fresh clone) shares one
-    conversion. The head holds the whole header and metadata, the tail the last tensors' data;
-    hashing 2 MiB costs a few milliseconds at every start, the whole file would cost ~0.1 s.
+    conversion, and a file changed in place gets a new one. Hashing costs ~0.1 s per 100 MB, so
+    each file's digest is remembered in ``models_dir/.content-keys.json`` under its path, size,
+    mtime and inode: a later start reads it back instead of hashing again.
     """
-    size = gguf_path.stat().st_size
-    h = hashlib.sha256(f"{size}:v{CONVERT_VERSION}:".encode())
-    with gguf_path.open("rb") as f:
-        h.update(f.read(_SAMPLE_BYTES))
-        if size > 2 * _SAMPLE_BYTES:
-            f.seek(size - _SAMPLE_BYTES)
-        h.update(f.read())
-    return h.hexdigest()[:16]
+    st = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"   # path:size:mtime:inode
+    memo_path = models_dir / _KEYS_FILE
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    memo = memo if isinstance(memo, dict) else {}
+    digest = memo.get(ident)
+    if not isinstance(digest, str):
+        with gguf_path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        here = str(gguf_path.resolve())
+        memo = {k: v for k, v in memo.items()          # forget files that are gone or changed
+                if (path := k.rsplit(":", 3)[0]) != here and Path(path).exists()}
+        memo[ident] = digest
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            tmp = models_dir / f"{_KEYS_FILE}.{os.getpid()}"
+            tmp.write_text(json.dumps(memo, indent=1))
+            tmp.replace(memo_path)                               # atomic: readers see old or new
+        except OSError as e:
+            log.warning("could not remember the digest of %s: %s", gguf_path, e)
+    return hashlib.sha256(f"{digest}:v{CONVERT_VERSION}".encode()).hexdigest()[:16]
 
 
 def convert_gguf_cached(gguf_path: Path, cache_dir: Path) -> Path:
     """A Hugging Face-style directory for ``gguf_path`` under ``cache_dir``, converting on first use."""
-    target = cache_dir / "models" / f"{gguf_path.stem}-{gguf_content_key(gguf_path)}"
+    models = cache_dir / "models"
+    target = models / f"{gguf_path.stem}-{gguf_content_key(gguf_path, models)}"
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

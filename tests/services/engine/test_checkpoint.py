@@ -1,5 +1,6 @@
 """Loading: GGUF conversion details and Hugging Face-style directories (untied embeddings too)."""
 
+import hashlib
 import json
 import os
 import time
@@ -34,22 +35,39 @@ def test_gguf_conversion_is_cached(settings):
 
 def test_cache_key_follows_the_file_not_its_path(tmp_path):
     data = bytearray(np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
+    models = tmp_path / "models"
     a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
     for path in (a, b):
         path.parent.mkdir()
         path.write_bytes(data)
-    assert gguf_content_key(a) == gguf_content_key(b)       # a second install shares the conversion
-    keys = {gguf_content_key(a)}
-    for change in (10, len(data) - 10):                     # header or last tensor bytes
+    key = gguf_content_key(a, models)
+    assert gguf_content_key(b, models) == key               # a second install shares the conversion
+    keys, mtime = {key}, time.time()
+    for change in (10, len(data) // 2, len(data) - 10):     # header, a middle tensor, the last one
         changed = bytearray(data)
         changed[change] ^= 1
         b.write_bytes(changed)
-        keys.add(gguf_content_key(b))
+        mtime += 10                                         # a file changed in place has a new mtime
+        os.utime(b, (mtime, mtime))
+        keys.add(gguf_content_key(b, models))
     b.write_bytes(data + b"x")                              # size
-    keys.add(gguf_content_key(b))
-    b.write_bytes(b"tiny")                                  # smaller than the two samples
-    keys.add(gguf_content_key(b))
+    keys.add(gguf_content_key(b, models))
     assert len(keys) == 5
+    memo = json.loads((models / ".content-keys.json").read_text())
+    assert len(memo) == 2 and all(k.startswith((str(a), str(b))) for k in memo)   # one per file
+    a.unlink()
+    b.write_bytes(data)
+    os.utime(b, (mtime + 10, mtime + 10))
+    assert gguf_content_key(b, models) == key               # same bytes again: the first conversion
+    assert [k.rsplit(":", 3)[0] for k in json.loads((models / ".content-keys.json").read_text())] == [str(b)]
+
+
+def test_cache_key_is_read_back_without_hashing_again(tmp_path, monkeypatch):
+    gguf, models = tmp_path / "m.gguf", tmp_path / "models"
+    gguf.write_bytes(b"gguf bytes")
+    key = gguf_content_key(gguf, models)
+    monkeypatch.setattr(hashlib, "file_digest", lambda *a: pytest.fail("hashed again"))
+    assert gguf_content_key(gguf, models) == key
 
 
 def test_obsolete_conversions_are_pruned_and_current_ones_kept(tmp_path):
