@@ -8,6 +8,7 @@ and takes seconds instead of tens of seconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -86,12 +87,14 @@ def gguf_content_key(gguf_path: Path, models_dir: Path) -> str:
         memo = {k: v for k, v in memo.items()          # forget files that are gone or changed
                 if (path := k.rsplit(":", 3)[0]) != here and Path(path).exists()}
         memo[ident] = digest
+        tmp = models_dir / f"{_KEYS_FILE}.{os.getpid()}"
         try:
             models_dir.mkdir(parents=True, exist_ok=True)
-            tmp = models_dir / f"{_KEYS_FILE}.{os.getpid()}"
             tmp.write_text(json.dumps(memo, indent=1))
             tmp.replace(memo_path)                               # atomic: readers see old or new
         except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             log.warning("could not remember the digest of %s: %s", gguf_path, e)
     return hashlib.sha256(f"{digest}:v{CONVERT_VERSION}".encode()).hexdigest()[:16]
 
