@@ -30,8 +30,9 @@ def test_a_fresh_cache_converts_once_and_starts_say_where_time_went(tmp_path):
             conversions = text.count("(first start only)")
             assert conversions == (1 if start == "cold" else 0), text[-3000:]
             assert not legacy.exists() and text.count("removed obsolete conversion") == (start == "cold")
-            [entry] = (tmp_path / "cache" / "models").iterdir()
+            [entry] = [d for d in (tmp_path / "cache" / "models").iterdir() if d.is_dir()]
             assert (entry / "source.json").exists()
+            assert (tmp_path / "cache" / "models" / ".content-keys.json").exists()
             ready = re.search(r"tandem up: ready in ([\d.]+) s \(redis [\d.]+ s, model files [\d.]+ s, "
                               r"workers and gateway [\d.]+ s\)", text)
             assert ready, text[-3000:]
