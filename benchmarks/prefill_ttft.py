@@ -17,10 +17,7 @@ docs/benchmarks.md §2.5 has the runs.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,39 +28,10 @@ import numpy as np
 import torch
 
 from benchmarks.machine import CpuMeter, measure_matmul, parse_ints
-from benchmarks.warm_start import READY, checkouts, side_by_side_args
+from benchmarks.warm_start import UpStack, checkouts, side_by_side_args
 from tandem.bench.workload import random_words
 
 MODEL = "SmolLM2-135M-Instruct"
-
-
-class Stack:
-    """``tandem up`` from one checkout, until ``stop``."""
-
-    def __init__(self, tree: Path, data_dir: Path, port: int, env: dict[str, str], timeout_s: float):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port)], cwd=tree,
-                                     env={**os.environ, **env, "TANDEM_DATA_DIR": str(data_dir)},
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        lines: list[str] = []
-        deadline = time.monotonic() + timeout_s
-        for line in self.proc.stdout:
-            lines.append(line)
-            if READY.search(line) or "not ready" in line or time.monotonic() > deadline:
-                break
-        if not READY.search("".join(lines)):
-            self.stop()
-            raise RuntimeError(f"{tree}: tandem up did not report ready:\n{''.join(lines)[-3000:]}")
-        # keep reading its output so a full pipe never blocks it
-        self._drain = subprocess.Popen(["cat"], stdin=self.proc.stdout, stdout=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def ask(client: httpx.Client, text: str) -> dict:
@@ -94,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
             texts = {n: random_words(n, np.random.default_rng(1000 * r + n)) for n in lengths}
             for name in order:
-                stack = Stack(trees[name], Path(tmp) / name, args.port, env, args.timeout_s)
+                stack = UpStack(trees[name], Path(tmp) / name, args.port, env, args.timeout_s)
+                stack.require_ready()
                 try:
                     with httpx.Client(base_url=f"http://127.0.0.1:{args.port}/v1", timeout=600) as client:
                         ask(client, f"warm-up {r}")

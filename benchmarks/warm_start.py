@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,33 +33,56 @@ READY = re.compile(r"tandem up: ready in ([\d.]+) s \((.*)\)")
 WORKER = re.compile(r"(\w+) worker \S+ ready after ([\d.]+) s \(engine load ([\d.]+) s")
 
 
+class UpStack:
+    """``tandem up`` from one checkout, read until its ready line (``ready`` is the match, or None
+    if it said "not ready" or ``timeout_s`` passed); its later output is drained; ``stop`` is Ctrl-C."""
+
+    def __init__(self, tree: Path, data_dir: Path, port: int, env: dict[str, str], timeout_s: float):
+        self.tree = tree
+        self.proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port)], cwd=tree,
+                                     env={**os.environ, **env, "TANDEM_DATA_DIR": str(data_dir)},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if READY.search(line) or "not ready" in line or time.monotonic() > deadline:
+                    break
+        except BaseException:
+            self.stop()
+            raise
+        self.ready = READY.search(self.text)
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()   # a full pipe would block it
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def require_ready(self) -> re.Match:
+        if not self.ready:
+            self.stop()
+            raise RuntimeError(f"{self.tree}: tandem up did not report ready:\n{self.text[-3000:]}")
+        return self.ready
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 def start_once(tree: Path, data_dir: Path, port: int, env: dict[str, str], timeout_s: float) -> dict:
     """One ``tandem up`` from ``tree``: its timing lines, then Ctrl-C."""
     with CpuMeter() as meter:          # other processes' load just before this start
         time.sleep(1.0)
-    lines: list[str] = []
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "up", "--port", str(port)], cwd=tree,
-                            env={**os.environ, **env, "TANDEM_DATA_DIR": str(data_dir)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + timeout_s
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if READY.search(line) or "not ready" in line or time.monotonic() > deadline:
-                break
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-    text = "".join(lines)
-    ready = READY.search(text)
-    if not ready:
-        raise RuntimeError(f"{tree}: tandem up did not report ready:\n{text[-3000:]}")
-    workers = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in WORKER.finditer(text)}
+    stack = UpStack(tree, data_dir, port, env, timeout_s)
+    ready = stack.require_ready()
+    stack.stop()
+    workers = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in WORKER.finditer(stack.text)}
     return {"ready_s": float(ready.group(1)), "stages": ready.group(2), "workers": workers,
             "other_cores": meter.other_cores}
 

@@ -71,8 +71,8 @@ def gguf_content_key(gguf_path: Path, models_dir: Path) -> str:
     each file's digest is remembered in ``models_dir/.content-keys.json`` under its path, size,
     mtime and inode: a later start reads it back instead of hashing again.
     """
-    st = gguf_path.stat()
-    ident = f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"   # path:size:mtime:inode
+    st, here = gguf_path.stat(), str(gguf_path.resolve())
+    ident = f"{here}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"   # path:size:mtime:inode
     memo_path = models_dir / _KEYS_FILE
     try:
         memo = json.loads(memo_path.read_text())
@@ -83,7 +83,6 @@ def gguf_content_key(gguf_path: Path, models_dir: Path) -> str:
     if not isinstance(digest, str):
         with gguf_path.open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        here = str(gguf_path.resolve())
         memo = {k: v for k, v in memo.items()          # forget files that are gone or changed
                 if (path := k.rsplit(":", 3)[0]) != here and Path(path).exists()}
         memo[ident] = digest
